@@ -1,0 +1,76 @@
+"""The one exception hierarchy of edgebell.
+
+    EdgebellError                 root: catch this to catch anything edgebell raises
+    ├── ConfigError               bad configuration or a file it names; carries file, line, key path
+    ├── RadioError                the serial receiver could not be opened or read
+    ├── ApnsError                 talking to Apple
+    │   ├── ApnsTransportError    TCP, TLS, HTTP/2, timeout, GOAWAY: retry anew
+    │   └── ApnsAuthError         a provider token or certificate could not be made
+    ├── StoreError                the durable outbox (SQLite) failed
+    ├── CloudError                MQTT sync: a refused token list, a bad message
+    └── ControlError              the control socket: daemon not running, bad request
+
+An APNs *rejection* (400, 410, 429 ...) is not an exception: it is a
+``PushResult`` that the outbox acts on. Third-party exceptions are translated once,
+at the boundary where they occur, with ``raise ... from exc``.
+"""
+
+from __future__ import annotations
+
+
+class EdgebellError(Exception):
+    """Root of every error edgebell raises on purpose."""
+
+
+class ConfigError(EdgebellError):
+    """A configuration problem, located as precisely as we can: ``file:line: key.path: message``."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: str | None = None,
+        line: int | None = None,
+        key: str | None = None,
+    ) -> None:
+        self.message = message
+        self.file = file
+        self.line = line
+        self.key = key
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        where = ""
+        if self.file is not None:
+            where = self.file if self.line is None else f"{self.file}:{self.line}"
+            where += ": "
+        key = f"{self.key}: " if self.key else ""
+        return f"{where}{key}{self.message}"
+
+
+class RadioError(EdgebellError):
+    """The serial receiver could not be opened, configured or read."""
+
+
+class ApnsError(EdgebellError):
+    """Something went wrong talking to Apple's push service."""
+
+
+class ApnsTransportError(ApnsError):
+    """The connection failed (TCP, TLS, HTTP/2, timeout, GOAWAY): retry on a fresh connection."""
+
+
+class ApnsAuthError(ApnsError):
+    """A provider JWT or client certificate could not be loaded or made."""
+
+
+class StoreError(EdgebellError):
+    """The durable outbox failed (disk full, corrupt database)."""
+
+
+class CloudError(EdgebellError):
+    """The cloud sync refused a message (bad signature, stale version, malformed)."""
+
+
+class ControlError(EdgebellError):
+    """The control socket: no daemon is running, or the request was refused."""

@@ -1,0 +1,1 @@
+"""The radio side: bytes from the serial receiver become typed frames."""
