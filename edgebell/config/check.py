@@ -1,0 +1,233 @@
+"""check-config: open every file the config names and check it holds the right key or cert."""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Sequence
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
+from cryptography.hazmat.primitives.serialization import pkcs12
+
+from edgebell.config.model import CertificateAuthConfig, Config, TokenAuthConfig
+from edgebell.errors import ConfigError
+from edgebell.secrets import read_file, read_passphrase, read_secret
+
+# A certificate this close to its end is worth a warning: APNs certificates last a year.
+EXPIRY_WARNING = datetime.timedelta(days=30)
+
+
+def check_config(config: Config, *, now: datetime.datetime | None = None) -> list[str]:
+    """Warnings about ``config``; ConfigError, at the line of the key naming it, for a bad file.
+
+    Checks the APNs key or certificate, CA files, the cloud client certificate and key,
+    and the token list verification key, in that order, stopping at the first bad one.
+    """
+    checker = _Checker(config, now or datetime.datetime.now(datetime.UTC))
+    auth = config.apns.auth
+    if isinstance(auth, TokenAuthConfig):
+        checker.apns_key(auth.key_file)
+    elif isinstance(auth, CertificateAuthConfig):
+        checker.apns_certificate(auth)
+    if config.apns.ca_file is not None:
+        checker.ca_file("apns.ca_file", config.apns.ca_file)
+    if config.cloud is not None:
+        checker.ca_file("cloud.ca_file", config.cloud.ca_file)
+        checker.client_identity(config.cloud.cert_file, config.cloud.key_file)
+        checker.token_list_key(config.cloud.token_list_key)
+    return checker.warnings + _warnings(config)
+
+
+def _warnings(config: Config) -> list[str]:
+    warnings = []
+    if not config.buttons:
+        warnings.append(
+            _at(
+                config,
+                "buttons",
+                "no buttons: nothing will ring "
+                "(`edgebell learn` shows the match: of each button pressed)",
+            )
+        )
+    if config.cloud is None and not config.tokens:
+        warnings.append(
+            _at(config, "tokens", "neither cloud nor tokens is set: a ring notifies nobody")
+        )
+    if config.radio.protocol != "rflink" and "radio.ping_interval" in config.lines:
+        warnings.append(
+            _at(
+                config,
+                "radio.ping_interval",
+                f"ignored: {config.radio.protocol} receivers do not answer pings",
+            )
+        )
+    if config.apns.host is not None:
+        warnings.append(_at(config, "apns.host", f"pushes go to {config.apns.host}, not to Apple"))
+    if config.cloud is not None and not config.cloud.tls:
+        warnings.append(
+            _at(
+                config,
+                "cloud.url",
+                "mqtt:// is not encrypted and sends no client certificate; use mqtts://",
+            )
+        )
+    return warnings
+
+
+def _at(config: Config, key: str, message: str) -> str:
+    return str(config.error_at(key, message))
+
+
+class _Checker:
+    """Checks one file after another, turning each problem into a located ConfigError."""
+
+    def __init__(self, config: Config, now: datetime.datetime) -> None:
+        self.config = config
+        self.now = now
+        self.warnings: list[str] = []
+
+    def fail(self, key: str, message: str) -> ConfigError:
+        return self.config.error_at(key, message)
+
+    def read(self, key: str, path: Path, what: str, *, secret: bool) -> bytes:
+        try:
+            return read_secret(path, what=what) if secret else read_file(path, what=what)
+        except ConfigError as exc:
+            raise self.fail(key, exc.message) from exc
+
+    def apns_key(self, path: Path) -> None:
+        key_name = "apns.auth.key_file"
+        data = self.read(key_name, path, "APNs auth key", secret=True)
+        expected = "the AuthKey_XXXXXXXXXX.p8 file from Apple (a PKCS#8 EC P-256 private key)"
+        try:
+            key = serialization.load_pem_private_key(data, password=None)
+        except TypeError:
+            raise self.fail(key_name, f"{path} is encrypted; expected {expected}") from None
+        except (ValueError, UnsupportedAlgorithm):
+            raise self.fail(key_name, f"{path} is not {expected}") from None
+        if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(
+            key.curve, ec.SECP256R1
+        ):
+            raise self.fail(key_name, f"{path} holds another kind of key; expected {expected}")
+
+    def apns_certificate(self, auth: CertificateAuthConfig) -> None:
+        key_name = "apns.auth.cert_file"
+        path = auth.cert_file
+        passphrase = None
+        if auth.passphrase_file is not None:
+            try:
+                passphrase = read_passphrase(auth.passphrase_file)
+            except ConfigError as exc:
+                raise self.fail("apns.auth.passphrase_file", exc.message) from exc
+        # The certificate file holds the private key too, so it is a secret.
+        data = self.read(key_name, path, "APNs certificate", secret=True)
+        if b"-----BEGIN" in data:
+            certificate = self.pem_certificates(key_name, path, data)[0]
+            key = self.pem_private_key(key_name, path, data, passphrase)
+        else:
+            certificate, key = self.p12_identity(key_name, path, data, passphrase)
+        self.same_key(key_name, path, certificate, key)
+        self.validity(key_name, path, certificate)
+
+    def p12_identity(
+        self, key_name: str, path: Path, data: bytes, passphrase: bytes | None
+    ) -> tuple[x509.Certificate, PrivateKeyTypes]:
+        try:
+            key, certificate, _ = pkcs12.load_key_and_certificates(data, passphrase)
+        except ValueError:
+            if passphrase is None:
+                problem = "a .p12 without passphrase (set passphrase_file if it has one)"
+            else:
+                problem = "a .p12 that the passphrase in passphrase_file opens"
+            raise self.fail(
+                key_name, f"{path} is neither PEM (certificate and key) nor {problem}"
+            ) from None
+        if key is None or certificate is None:
+            raise self.fail(key_name, f"{path} must hold both the certificate and its key")
+        return certificate, key
+
+    def ca_file(self, key_name: str, path: Path) -> None:
+        data = self.read(key_name, path, "CA file", secret=False)
+        self.pem_certificates(key_name, path, data)
+
+    def client_identity(self, cert_path: Path, key_path: Path) -> None:
+        cert_data = self.read("cloud.cert_file", cert_path, "gateway certificate", secret=False)
+        certificate = self.pem_certificates("cloud.cert_file", cert_path, cert_data)[0]
+        key_data = self.read("cloud.key_file", key_path, "gateway key", secret=True)
+        key = self.pem_private_key("cloud.key_file", key_path, key_data, None)
+        self.same_key("cloud.key_file", key_path, certificate, key)
+        self.validity("cloud.cert_file", cert_path, certificate)
+
+    def token_list_key(self, path: Path) -> None:
+        key_name = "cloud.token_list_key"
+        data = self.read(key_name, path, "token list key", secret=False)
+        if b"PRIVATE KEY" in data:
+            raise self.fail(
+                key_name,
+                f"{path} holds a private key: give the Ed25519 public key here; "
+                "the private key stays with the cloud",
+            )
+        try:
+            key = serialization.load_pem_public_key(data)
+        except (ValueError, UnsupportedAlgorithm):
+            key = None
+        if not isinstance(key, ed25519.Ed25519PublicKey):
+            raise self.fail(
+                key_name, f"{path} is not an Ed25519 public key (PEM, BEGIN PUBLIC KEY)"
+            )
+
+    def pem_certificates(
+        self, key_name: str, path: Path, data: bytes
+    ) -> Sequence[x509.Certificate]:
+        try:
+            return x509.load_pem_x509_certificates(data)
+        except ValueError:
+            raise self.fail(key_name, f"{path} holds no PEM certificate") from None
+
+    def pem_private_key(
+        self, key_name: str, path: Path, data: bytes, passphrase: bytes | None
+    ) -> PrivateKeyTypes:
+        """The private key in PEM ``data``; ``passphrase`` is None where none can be configured."""
+        try:
+            return serialization.load_pem_private_key(data, password=None)
+        except TypeError:
+            if passphrase is None:
+                fix = "set passphrase_file" if key_name.startswith("apns.") else "decrypt it"
+                raise self.fail(
+                    key_name, f"{path}: the private key is encrypted ({fix}; chmod 600 guards it)"
+                ) from None
+        except (ValueError, UnsupportedAlgorithm):
+            raise self.fail(key_name, f"{path} holds no readable PEM private key") from None
+        try:
+            return serialization.load_pem_private_key(data, password=passphrase)
+        except (ValueError, TypeError, UnsupportedAlgorithm):
+            raise self.fail(key_name, f"{path}: wrong passphrase for the private key") from None
+
+    def same_key(
+        self, key_name: str, path: Path, certificate: x509.Certificate, key: PrivateKeyTypes
+    ) -> None:
+        spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        if certificate.public_key().public_bytes(*spki) != key.public_key().public_bytes(*spki):
+            raise self.fail(key_name, f"{path}: the private key does not match the certificate")
+
+    def validity(self, key_name: str, path: Path, certificate: x509.Certificate) -> None:
+        ends = certificate.not_valid_after_utc
+        if ends <= self.now:
+            raise self.fail(key_name, f"{path}: the certificate expired on {ends:%Y-%m-%d}")
+        begins = certificate.not_valid_before_utc
+        # Only a warning: a gateway without a battery clock may not have synced time yet.
+        if begins > self.now:
+            self.warn(
+                key_name,
+                f"{path}: the certificate is not valid before {begins:%Y-%m-%d}; "
+                "is the clock right?",
+            )
+        elif ends - self.now < EXPIRY_WARNING:
+            self.warn(key_name, f"{path}: the certificate expires on {ends:%Y-%m-%d}")
+
+    def warn(self, key_name: str, message: str) -> None:
+        self.warnings.append(str(self.fail(key_name, message)))

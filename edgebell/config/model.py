@@ -1,0 +1,218 @@
+"""The loaded configuration: frozen values, one class per section of config.yaml."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Literal
+from urllib.parse import urlsplit
+
+from edgebell.errors import ConfigError
+from edgebell.privacy import short_token
+from edgebell.radio.keys import ButtonKey
+
+Protocol = Literal["rflink", "rcswitch", "lines"]
+Environment = Literal["production", "sandbox"]
+LogLevel = Literal["debug", "info", "warning", "error"]
+
+APPLE_HOSTS: dict[Environment, str] = {
+    "production": "api.push.apple.com",
+    "sandbox": "api.sandbox.push.apple.com",
+}
+APPLE_PORT = 443
+MQTT_PORTS = {"mqtts": 8883, "mqtt": 1883}
+
+_HOST_NAME = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9._-]*[A-Za-z0-9_])?")
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayConfig:
+    """Who this gateway is: its MQTT client id and the CN of its certificate."""
+
+    id: str
+
+
+@dataclass(frozen=True, slots=True)
+class RadioConfig:
+    """The serial receiver and how presses are grouped into rings."""
+
+    port: str
+    protocol: Protocol
+    baudrate: int
+    debounce: float
+    cooldown: float
+    ping_interval: float
+    ping_timeout: float
+    reconnect_min: float
+    reconnect_max: float
+
+
+@dataclass(frozen=True, slots=True)
+class ButtonConfig:
+    """One doorbell button: the frame it sends (``match``) and its normalised ``key``."""
+
+    id: str
+    name: str
+    key: ButtonKey
+    match: tuple[tuple[str, str | int], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class TokenAuthConfig:
+    """APNs token auth: an ES256 provider JWT signed with Apple's ``.p8`` key."""
+
+    key_file: Path
+    key_id: str
+    team_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class CertificateAuthConfig:
+    """APNs certificate auth: a TLS client certificate (PEM with key, or ``.p12``)."""
+
+    cert_file: Path
+    passphrase_file: Path | None
+
+
+@dataclass(frozen=True, slots=True)
+class DelegatedAuthConfig:
+    """APNs delegated auth: the cloud publishes the provider JWT; no Apple key here."""
+
+
+AuthConfig = TokenAuthConfig | CertificateAuthConfig | DelegatedAuthConfig
+
+
+@dataclass(frozen=True, slots=True)
+class NotificationConfig:
+    """What the alert says; ``{button_name}``, ``{button}`` and ``{presses}`` are filled in."""
+
+    title: str = "Doorbell"
+    body: str = "Someone is at the {button_name}"
+    sound: str | None = "default"
+
+
+@dataclass(frozen=True, slots=True)
+class ApnsConfig:
+    """Apple push: topic, environment, auth and the HTTP/2 client's timings."""
+
+    topic: str
+    environment: Environment
+    auth: AuthConfig
+    host: str | None
+    ca_file: Path | None
+    expiration: float
+    notification: NotificationConfig
+    connect_timeout: float
+    request_timeout: float
+    ping_interval: float
+    jwt_refresh: float
+    retry_min: float
+    retry_max: float
+
+    def endpoint(self, environment: Environment) -> tuple[str, int]:
+        """Host and port to connect to for ``environment``: the ``host`` override, else Apple."""
+        if self.host is not None:
+            return split_url(self.host, {"https": APPLE_PORT})[1:]
+        return APPLE_HOSTS[environment], APPLE_PORT
+
+
+@dataclass(frozen=True, slots=True)
+class CloudConfig:
+    """The MQTT broker the cloud syncs through, and the key that signs token lists."""
+
+    url: str
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+    topic_prefix: str = "edgebell"
+    token_list_key: Path = field(kw_only=True)
+
+    @property
+    def host(self) -> str:
+        """Broker host name or address (IPv6 without brackets)."""
+        return split_url(self.url, MQTT_PORTS)[1]
+
+    @property
+    def port(self) -> int:
+        """Broker port: as given, else 8883 for ``mqtts://`` and 1883 for ``mqtt://``."""
+        return split_url(self.url, MQTT_PORTS)[2]
+
+    @property
+    def tls(self) -> bool:
+        """Whether the connection is TLS (``mqtts://``)."""
+        return split_url(self.url, MQTT_PORTS)[0] == "mqtts"
+
+
+@dataclass(frozen=True, slots=True)
+class StaticToken:
+    """A device token from the config file (lowercase hex); ``env`` None means apns.environment."""
+
+    token: str
+    env: Environment | None
+
+    def __repr__(self) -> str:
+        # Tokens are personal data: keep them out of logs and tracebacks.
+        return f"StaticToken(token={short_token(self.token)!r}, env={self.env!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The validated configuration; ``lines`` maps each key path to its line in ``source``."""
+
+    source: Path
+    gateway: GatewayConfig
+    radio: RadioConfig
+    buttons: tuple[ButtonConfig, ...]
+    apns: ApnsConfig
+    cloud: CloudConfig | None
+    tokens: tuple[StaticToken, ...]
+    state_dir: Path
+    control_socket: Path
+    log_level: LogLevel
+    lines: Mapping[str, int] = field(
+        default_factory=lambda: MappingProxyType({}), compare=False, repr=False
+    )
+
+    def error_at(self, key: str, message: str) -> ConfigError:
+        """A ConfigError located at ``key`` (``apns.auth.key_file``) in the config file."""
+        return ConfigError(message, file=str(self.source), line=self.lines.get(key), key=key)
+
+
+def split_url(url: str, ports: Mapping[str, int]) -> tuple[str, str, int]:
+    """``(scheme, host, port)`` of ``scheme://host[:port]``; ValueError says what is wrong.
+
+    ``ports`` maps each accepted scheme to its default port.
+    """
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"not a valid URL: {exc}") from None
+    schemes = " or ".join(f"{scheme}://" for scheme in ports)
+    if parts.scheme not in ports:
+        raise ValueError(f"must start with {schemes}")
+    if not parts.hostname:
+        raise ValueError("has no host name")
+    if not _valid_host(parts.hostname):
+        raise ValueError(f"has an invalid host {parts.hostname!r}")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("must not carry a user name or password")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError(f"must be just {parts.scheme}://host:port, without a path or query")
+    if port == 0:
+        raise ValueError("port must be 1 to 65535")
+    return parts.scheme, parts.hostname, ports[parts.scheme] if port is None else port
+
+
+def _valid_host(host: str) -> bool:
+    if ":" not in host:
+        return _HOST_NAME.fullmatch(host) is not None
+    try:
+        ipaddress.IPv6Address(host)
+    except ValueError:
+        return False
+    return True

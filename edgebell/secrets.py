@@ -1,0 +1,82 @@
+"""Where secret files live (systemd credentials, config dir) and reading them safely."""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Mapping
+from pathlib import Path
+
+from edgebell.errors import ConfigError
+
+CREDENTIALS_ENV = "CREDENTIALS_DIRECTORY"
+
+
+def resolve_secret_path(
+    path: str | os.PathLike[str], *, base_dir: Path, environ: Mapping[str, str]
+) -> Path:
+    """The file a config entry names.
+
+    A bare name (no slash) is taken from ``$CREDENTIALS_DIRECTORY`` when that is set
+    and holds the file (systemd ``LoadCredential=``), else from ``base_dir`` (the config
+    file's directory), as is any other relative path. ``~`` means the home directory.
+    """
+    # Path("./x") would print as "x": look at the text as written to tell a bare name.
+    text = os.fspath(path)
+    if "/" not in text:
+        credentials = environ.get(CREDENTIALS_ENV, "")
+        if credentials and text not in ("", ".", ".."):
+            candidate = Path(credentials) / text
+            if candidate.exists():
+                return candidate
+    resolved = Path(text).expanduser()
+    return resolved if resolved.is_absolute() else base_dir / resolved
+
+
+def read_file(path: Path, *, what: str) -> bytes:
+    """The bytes of a file the config names; ConfigError (naming it) if it cannot be read."""
+    return _read(path, what=what, secret=False)
+
+
+def read_secret(path: Path, *, what: str) -> bytes:
+    """The bytes of a secret file, refused if other users may read it.
+
+    ``what`` names the file's role in messages ("APNs auth key"); contents never appear.
+    """
+    return _read(path, what=what, secret=True)
+
+
+def read_passphrase(path: Path) -> bytes:
+    """A passphrase file's passphrase: its bytes without the line ending editors add."""
+    return read_secret(path, what="passphrase file").rstrip(b"\r\n")
+
+
+def _read(path: Path, *, what: str, secret: bool) -> bytes:
+    try:
+        # Check the mode on the descriptor we read from, so a swap in between cannot fool us.
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise ConfigError(f"{what} {path} does not exist") from None
+    except PermissionError:
+        raise ConfigError(
+            f"{what} {path} is not readable by this user (uid {os.getuid()}): permission denied"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"{what} {path} cannot be opened: {exc.strerror}") from exc
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise ConfigError(f"{what} {path} is not a regular file")
+        if secret and mode & stat.S_IROTH:
+            raise ConfigError(
+                f"{what} {path} is readable by other users; "
+                f"restrict it with: chmod 600 {path} (and chown it to the edgebell user)"
+            )
+        chunks = []
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    except OSError as exc:
+        raise ConfigError(f"{what} {path} cannot be read: {exc.strerror}") from exc
+    finally:
+        os.close(fd)
