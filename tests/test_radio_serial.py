@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 from fixtures_radio import DEADLINE, Recorder, make_receiver, running, wait_until
 
+from edgebell.backoff import Backoff
 from edgebell.errors import RadioError
 from edgebell.radio.events import Banner, Pong, RadioEvent
-from edgebell.radio.serial import Backoff, RadioStatus, SerialPort, SerialReceiver, open_port
+from edgebell.radio.serial import RadioStatus, SerialPort, SerialReceiver, open_port
 from edgebell.testing.fake_receiver import FakeReceiver
 
 EV1527 = "20;77;EV1527;ID=0f7499;SWITCH=04;CMD=ON;"

@@ -16,6 +16,7 @@ from typing import Protocol, TypeVar
 
 import serial
 
+from edgebell.backoff import Backoff
 from edgebell.errors import RadioError
 from edgebell.radio.decoders import StreamDecoder, ping_command
 from edgebell.radio.events import BadFrame, Frame, RadioEvent
@@ -93,32 +94,6 @@ class RadioStatus:
     bad_frames: int
     reconnects: int
     last_error: str | None
-
-
-class Backoff:
-    """Exponential delays with jitter between ``minimum`` and ``maximum`` (sans-I/O)."""
-
-    __slots__ = ("_attempt", "_jitter", "_maximum", "_minimum")
-
-    def __init__(self, minimum: float, maximum: float, jitter: Callable[[], float]) -> None:
-        """``jitter`` returns a float in [0, 1), like ``random.random``."""
-        if minimum <= 0 or maximum < minimum:
-            raise ValueError("backoff needs 0 < minimum <= maximum")
-        self._minimum = minimum
-        self._maximum = maximum
-        self._jitter = jitter
-        self._attempt = 0
-
-    def next(self) -> float:
-        """The delay before the next attempt; each call doubles the ceiling up to ``maximum``."""
-        ceiling = min(self._maximum, self._minimum * 2.0 ** min(self._attempt, 60))
-        self._attempt += 1
-        # Half fixed, half random: retries still grow, yet gateways that lost the
-        # same USB hub (or server) at once do not all come back in step.
-        return max(self._minimum, ceiling / 2 + self._jitter() * ceiling / 2)
-
-    def reset(self) -> None:
-        self._attempt = 0
 
 
 class SerialReceiver:
