@@ -1,0 +1,1 @@
+"""The durable outbox: notifications kept until Apple has answered for each phone."""

@@ -1,0 +1,108 @@
+"""The outbox database: rows survive a restart, corruption and a full disk are survived."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from edgebell.outbox.store import OutboxStore, Suppressed
+from edgebell.rings import Notification, new_id
+
+
+def _notification(ring: str = "r1", token: str = "ab" * 32, **kw: object) -> Notification:
+    values: dict[str, object] = {
+        "apns_id": new_id(),
+        "ring_id": ring,
+        "button": "front",
+        "token": token,
+        "env": "sandbox",
+        "collapse_id": ring,
+        "payload": b'{"aps":{}}',
+        "created_at": 1000.0,
+        "expires_at": 1900.0,
+    }
+    values.update(kw)
+    return Notification(**values)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> OutboxStore:
+    s = OutboxStore(tmp_path / "outbox.sqlite3")
+    s.open()
+    s.start()
+    return s
+
+
+def reopen(store: OutboxStore, max_page_count: int | None = None) -> OutboxStore:
+    store.close()
+    again = OutboxStore(store.path, max_page_count=max_page_count)
+    again.open()
+    return again
+
+
+def test_rows_survive_a_restart_in_order(store: OutboxStore) -> None:
+    rows = [_notification(token=f"{i:02x}" * 32, created_at=1000.0 + i) for i in range(5)]
+    store.add(rows)
+    store.remove([rows[1].apns_id])
+    store.set_attempts(rows[2].apns_id, 3)
+    again = reopen(store)
+    loaded = again.load_pending()
+    assert [n.apns_id for n in loaded] == [r.apns_id for i, r in enumerate(rows) if i != 1]
+    assert loaded[1].attempts == 3
+    assert loaded[0].payload == rows[0].payload
+    again.close()
+
+
+def test_suppressions_and_values_persist(store: OutboxStore) -> None:
+    store.suppress(Suppressed("cd" * 32, 410, "Unregistered", 1234))
+    store.put_value("tokens", b"jws")
+    again = reopen(store)
+    assert again.load_suppressed() == [Suppressed("cd" * 32, 410, "Unregistered", 1234)]
+    assert again.load_value("tokens") == b"jws"
+    assert again.load_value("missing") is None
+    again.close()
+
+
+def test_writes_do_not_block_and_flush_waits_for_them(store: OutboxStore) -> None:
+    store.add([_notification() for _ in range(200)])
+    assert store.flush(5.0)
+    check = sqlite3.connect(store.path)
+    assert check.execute("SELECT count(*) FROM notifications").fetchone()[0] == 200
+    check.close()
+    store.close()
+
+
+def test_corrupt_database_is_moved_aside(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "outbox.sqlite3"
+    path.write_bytes(b"this is not a database" * 100)
+    store = OutboxStore(path)
+    store.open()
+    health = store.health()
+    assert health.moved_aside is not None
+    assert Path(health.moved_aside).read_bytes().startswith(b"this is not a database")
+    assert store.load_pending() == []
+    assert "corrupt" in caplog.text
+    store.close()
+
+
+def test_full_disk_is_reported_and_later_writes_recover(tmp_path: Path) -> None:
+    store = OutboxStore(tmp_path / "outbox.sqlite3", max_page_count=40)
+    store.open()
+    store.start()
+    big = b"x" * 3000
+    store.add([_notification(payload=big) for _ in range(100)])
+    store.flush(5.0)
+    health = store.health()
+    assert not health.ok
+    assert "full" in (health.last_error or "")
+    # Deleting what is there makes room: the store says so.
+    again = reopen(store, max_page_count=40)
+    ids = [n.apns_id for n in again.load_pending()]
+    again.start()
+    again.remove(ids)
+    again.add([_notification()])
+    again.flush(5.0)
+    assert again.health().ok
+    again.close()
