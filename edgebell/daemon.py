@@ -1,0 +1,368 @@
+"""The daemon: wires radio, buttons, notifier, outbox and APNs client into one asyncio process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+from edgebell import __version__
+from edgebell.apns.auth import ApnsAuth, CertificateAuth, DelegatedAuth, TokenAuth
+from edgebell.apns.client import ApnsClient
+from edgebell.apns.model import Environment, PushRequest, PushResult
+from edgebell.buttons import Button, ButtonTracker, Verdict
+from edgebell.config import (
+    CertificateAuthConfig,
+    Config,
+    DelegatedAuthConfig,
+    TokenAuthConfig,
+)
+from edgebell.control import JSON, ControlServer
+from edgebell.notifier import Notifier, Template
+from edgebell.outbox.dispatcher import DeliveryReport, Dispatcher, Feedback
+from edgebell.outbox.store import OutboxStore
+from edgebell.privacy import short_token
+from edgebell.radio.events import BadFrame, Banner, Frame, RadioEvent
+from edgebell.radio.keys import match_snippet
+from edgebell.radio.serial import SerialReceiver
+from edgebell.rings import Ring, iso_time, new_id
+from edgebell.sdnotify import Notifier as SystemdNotifier
+from edgebell.secrets import read_passphrase, read_secret
+from edgebell.status import StatusReport, build_status
+from edgebell.tokens import AuthorisedToken, Suppression, TokenBook
+
+log = logging.getLogger(__name__)
+
+DRAIN_TIMEOUT = 5.0  # SIGTERM: how long pushes already on the wire may take to finish
+READY_GRACE = 10.0  # how long start-up waits for the receiver before reporting READY anyway
+
+
+def make_auth(config: Config) -> ApnsAuth:
+    """The APNs credentials the configuration names (key files read once, here)."""
+    auth = config.apns.auth
+    if isinstance(auth, TokenAuthConfig):
+        key = read_secret(auth.key_file, what="APNs auth key")
+        return TokenAuth(key, auth.key_id, auth.team_id, refresh_after=config.apns.jwt_refresh)
+    if isinstance(auth, CertificateAuthConfig):
+        passphrase = None
+        if auth.passphrase_file is not None:
+            passphrase = read_passphrase(auth.passphrase_file)
+        return CertificateAuth(auth.cert_file, passphrase)
+    if isinstance(auth, DelegatedAuthConfig):
+        return DelegatedAuth()
+    raise TypeError(f"unknown auth config {auth!r}")
+
+
+class Daemon:
+    """One running gateway. ``run()`` returns the process exit code."""
+
+    def __init__(self, config: Config, *, environ: Mapping[str, str] = os.environ) -> None:
+        self.config = config
+        self.started_at = time.time()
+        self._started_mono = time.monotonic()
+        self._stop = asyncio.Event()
+        self._systemd = SystemdNotifier(environ)
+        self.tokens = TokenBook()
+        self.store = OutboxStore(config.state_dir / "outbox.sqlite3")
+        self.tracker = ButtonTracker(
+            [Button(b.id, b.name, b.key) for b in config.buttons],
+            debounce=config.radio.debounce,
+            cooldown=config.radio.cooldown,
+        )
+        n = config.apns.notification
+        self.notifier = Notifier(
+            Template(n.title, n.body, n.sound),
+            expiration=config.apns.expiration,
+            default_env=config.apns.environment,
+        )
+        self.rings: dict[str, tuple[float | None, int]] = {b.id: (None, 0) for b in config.buttons}
+        self._learners: set[asyncio.Queue[JSON]] = set()
+        self.client: ApnsClient | None = None
+        self.dispatcher: Dispatcher | None = None
+        self.receiver: SerialReceiver | None = None
+        self.ready = False
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        auth = make_auth(self.config)
+        self.store.open()
+        self._load_tokens()
+        apns = self.config.apns
+        async with ApnsClient(
+            auth=auth,
+            host_override=apns.host,
+            ca_file=apns.ca_file,
+            connect_timeout=apns.connect_timeout,
+            request_timeout=apns.request_timeout,
+            ping_interval=apns.ping_interval,
+        ) as client:
+            self.client = client
+            self.dispatcher = Dispatcher(
+                sender=client,
+                store=self.store,
+                tokens=self.tokens,
+                topic=apns.topic,
+                retry_min=apns.retry_min,
+                retry_max=apns.retry_max,
+                on_feedback=self._on_feedback,
+                on_report=self._on_report,
+            )
+            self.store.start()
+            control = ControlServer(
+                self.config.control_socket,
+                {
+                    "status": self._cmd_status,
+                    "ring": self._cmd_ring,
+                    "test-push": self._cmd_test_push,
+                    "learn": self._cmd_learn,
+                    "ping": self._cmd_ping,
+                },
+            )
+            await control.start()
+            radio = self.config.radio
+            self.receiver = SerialReceiver(
+                radio.port,
+                radio.protocol,
+                radio.baudrate,
+                self._on_radio_event,
+                ping_interval=radio.ping_interval or None,
+                ping_timeout=radio.ping_timeout,
+                backoff_min=radio.reconnect_min,
+                backoff_max=radio.reconnect_max,
+            )
+            tasks = [asyncio.create_task(self.receiver.run(), name="radio")]
+            try:
+                await self._warm_up()
+                pending = self.store.load_pending()
+                if pending:
+                    log.info("resuming %d undelivered notifications from the outbox", len(pending))
+                self.dispatcher.resume(pending)
+                self._announce_ready()
+                if self._systemd.watchdog_interval is not None:
+                    tasks.append(asyncio.create_task(self._watchdog(), name="watchdog"))
+                await self._stop.wait()
+            finally:
+                self._systemd.stopping("draining in-flight pushes")
+                log.info("stopping: letting in-flight pushes finish")
+                for t in tasks:
+                    t.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                await control.close()
+                await self.dispatcher.drain(DRAIN_TIMEOUT)
+                self.store.close()
+        log.info("stopped")
+        self._systemd.close()
+        return 0
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def _warm_up(self) -> None:
+        """Open the APNs connections now so the first ring finds them warm; wait for the radio."""
+        assert self.client is not None
+        assert self.receiver is not None
+        envs = {Environment(t.env) for t in self.tokens.active()} or {
+            Environment(self.config.apns.environment)
+        }
+        results = await asyncio.gather(
+            *(self.client.connect(env) for env in envs), return_exceptions=True
+        )
+        for env, result in zip(envs, results, strict=True):
+            if isinstance(result, BaseException):
+                log.warning("APNs %s not reachable at start (%s): will retry", env.value, result)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.receiver.wait_connected(), READY_GRACE)
+
+    def _announce_ready(self) -> None:
+        self.ready = True
+        report = self.status()
+        log.info("edgebell %s ready: %s", __version__, report.summary)
+        self._systemd.ready(report.summary)
+
+    async def _watchdog(self) -> None:
+        """WATCHDOG=1 from a task: it stops when the event loop stops turning."""
+        interval = self._systemd.watchdog_interval
+        assert interval is not None
+        last_summary = ""
+        while True:
+            self._systemd.watchdog()
+            summary = self.status().summary
+            if summary != last_summary:
+                self._systemd.status(summary)
+                last_summary = summary
+            await asyncio.sleep(interval)
+
+    def _load_tokens(self) -> None:
+        default_env = self.config.apns.environment
+        self.tokens.replace(
+            [AuthorisedToken(t.token, t.env or default_env) for t in self.config.tokens], None
+        )
+        self.tokens.restore_suppressed(
+            {
+                s.token: Suppression(s.status, s.reason, s.timestamp_ms)
+                for s in self.store.load_suppressed()
+            }
+        )
+
+    # -- the ring path ------------------------------------------------------------------
+
+    def _on_radio_event(self, event: RadioEvent) -> None:
+        if isinstance(event, Frame):
+            press = self.tracker.on_frame(event.key, time.monotonic())
+            if press.verdict is Verdict.RING and press.button is not None:
+                self.ring(press.button, press.presses)
+            elif press.verdict is Verdict.UNKNOWN:
+                self._tell_learners(event)
+            elif press.verdict is Verdict.COOLDOWN and press.button is not None:
+                log.info("button %s pressed again within cooldown: counted", press.button.id)
+        elif isinstance(event, Banner):
+            log.info("receiver announced itself: %s", event.text)
+        elif isinstance(event, BadFrame):
+            log.debug("undecodable receiver output (%s)", event.reason)
+
+    def ring(self, button: Button, presses: int = 1, *, manual: bool = False) -> Ring:
+        """Accept a ring: fan out to every authorised phone at once."""
+        assert self.dispatcher is not None
+        ring = Ring(new_id(), button.id, button.name, time.time(), presses, manual)
+        tokens = self.tokens.for_button(button.id)
+        notifications = self.notifier.fan_out(ring, tokens)
+        self.dispatcher.submit(notifications)
+        _, count = self.rings.get(button.id, (None, 0))
+        self.rings[button.id] = (ring.at, count + 1)
+        log.info(
+            "ring %s: %s (%s)%s, pushing to %d phone%s",
+            ring.ring_id[:8],
+            button.id,
+            button.name,
+            f", {presses} presses" if presses > 1 else "",
+            len(notifications),
+            "" if len(notifications) == 1 else "s",
+        )
+        if not notifications:
+            self.dispatcher.open_ring(ring.ring_id)
+        return ring
+
+    def _on_feedback(self, feedback: Feedback) -> None:
+        pass  # published to the cloud once the MQTT sync lands
+
+    def _on_report(self, report: DeliveryReport) -> None:
+        pass  # published to the cloud once the MQTT sync lands
+
+    # -- learn ----------------------------------------------------------------------------------
+
+    def _tell_learners(self, frame: Frame) -> None:
+        if not self._learners:
+            log.debug("frame matches no button: %s", frame.raw)
+            return
+        message: JSON = {
+            "raw": frame.raw,
+            "match": match_snippet(dict(frame.match)),
+            "fields": dict(frame.fields),
+            "at": iso_time(time.time()),
+        }
+        for queue in self._learners:
+            if queue.qsize() < 100:  # a stuck client must not grow memory
+                queue.put_nowait(message)
+
+    async def _cmd_learn(self, request: JSON) -> AsyncIterator[JSON]:
+        queue: asyncio.Queue[JSON] = asyncio.Queue()
+        self._learners.add(queue)
+        try:
+            yield {"ok": True, "listening": self.config.radio.port}
+            while True:
+                yield await queue.get()
+        finally:
+            self._learners.discard(queue)
+
+    # -- control commands ------------------------------------------------------------------------
+
+    async def _cmd_ping(self, request: JSON) -> JSON:
+        return {"ok": True, "version": __version__}
+
+    async def _cmd_status(self, request: JSON) -> JSON:
+        return {"ok": True, "status": self.status().data}
+
+    async def _cmd_ring(self, request: JSON) -> JSON:
+        button_id = str(request.get("button", ""))
+        press = self.tracker.ring_now(button_id, time.monotonic())
+        if press.button is None:
+            known = ", ".join(b.id for b in self.tracker.buttons) or "none configured"
+            return {"ok": False, "error": f"unknown button {button_id!r} (buttons: {known})"}
+        ring = self.ring(press.button, press.presses, manual=True)
+        return {"ok": True, "ring_id": ring.ring_id, "button": ring.button}
+
+    async def _cmd_test_push(self, request: JSON) -> JSON:
+        results = await self.test_push(request.get("token"))
+        return {"ok": True, "results": results}
+
+    async def test_push(self, token: Any) -> list[JSON]:
+        """Push a test notification now (no queue, no retry) and say what Apple answered."""
+        assert self.client is not None
+        if token is not None:
+            token = str(token).lower()
+            entry = self.tokens.get(token)
+            targets = [entry or AuthorisedToken(token, self.config.apns.environment)]
+        else:
+            targets = self.tokens.active()
+        ring = Ring(new_id(), "test", "test push", time.time(), manual=True)
+        payload = self.notifier.payload(
+            ring, title="edgebell test", body="Test push from your doorbell gateway"
+        )
+        notifications = self.notifier.fan_out(ring, targets, payload=payload)
+        results = await asyncio.gather(
+            *(
+                self.client.send(
+                    PushRequest(
+                        token=n.token,
+                        environment=Environment(n.env),
+                        topic=self.config.apns.topic,
+                        payload=n.payload,
+                        apns_id=n.apns_id,
+                        collapse_id=n.collapse_id,
+                        expiration=int(n.expires_at),
+                    )
+                )
+                for n in notifications
+            )
+        )
+        return [_result_json(r) for r in results]
+
+    # -- status ------------------------------------------------------------------------------------
+
+    def status(self) -> StatusReport:
+        assert self.dispatcher is not None
+        assert self.client is not None
+        assert self.receiver is not None
+        return build_status(
+            version=__version__,
+            started_at=self.started_at,
+            uptime_s=time.monotonic() - self._started_mono,
+            ready=self.ready,
+            radio=self.receiver.status(),
+            buttons=[(b.id, *self.rings.get(b.id, (None, 0))) for b in self.tracker.buttons],
+            tokens=self.tokens,
+            apns=self.client.status(),
+            outbox=self.dispatcher.status(),
+            store=self.store.health(),
+            cloud=None,
+        )
+
+
+def _result_json(result: PushResult) -> JSON:
+    return {
+        "token": short_token(result.request.token),
+        "env": result.request.environment.value,
+        "outcome": result.outcome.name.lower(),
+        "status": result.status,
+        "reason": result.reason,
+        "detail": result.detail,
+    }

@@ -1,0 +1,176 @@
+"""What ``edgebell status`` says: the status JSON of the contract, its verdict and a human table."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from edgebell.apns.client import ApnsStatus
+from edgebell.outbox.dispatcher import OutboxStatus
+from edgebell.outbox.store import StoreHealth
+from edgebell.radio.serial import RadioStatus
+from edgebell.rings import iso_time
+from edgebell.tokens import TokenBook
+
+# A notification older than this still undelivered means pushes are not getting out.
+STUCK_AFTER_S = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class StatusReport:
+    data: dict[str, Any]
+    problems: tuple[str, ...]
+
+    @property
+    def healthy(self) -> bool:
+        return not self.problems
+
+    @property
+    def summary(self) -> str:
+        """One line for systemd's STATUS= and the start-up log."""
+        if self.problems:
+            return "degraded: " + "; ".join(self.problems)
+        return (
+            f"healthy: receiver on {self.data['radio']['port']}, "
+            f"{self.data['tokens']['count']} phones, {self.data['outbox']['pending']} queued"
+        )
+
+
+def _when(epoch: float | None) -> str | None:
+    return None if epoch is None else iso_time(epoch)
+
+
+def build_status(
+    *,
+    version: str,
+    started_at: float,
+    uptime_s: float,
+    ready: bool,
+    radio: RadioStatus,
+    buttons: Sequence[tuple[str, float | None, int]],
+    tokens: TokenBook,
+    apns: ApnsStatus,
+    outbox: OutboxStatus,
+    store: StoreHealth,
+    cloud: dict[str, Any] | None,
+) -> StatusReport:
+    problems: list[str] = []
+    if not radio.connected:
+        why = f" ({radio.last_error})" if radio.last_error else ""
+        problems.append(f"receiver not connected on {radio.port}{why}")
+    if outbox.auth_problem:
+        problems.append(outbox.auth_problem + " — check apns.auth")
+    down = sorted(env for env, up in outbox.links.items() if not up)
+    if down:
+        problems.append(f"APNs unreachable ({', '.join(down)}): {outbox.pending} pushes waiting")
+    if outbox.oldest_age_s is not None and outbox.oldest_age_s > STUCK_AFTER_S and not down:
+        problems.append(f"queue not draining: oldest push waiting {outbox.oldest_age_s:.0f} s")
+    if not store.ok:
+        problems.append(f"outbox database failing: {store.last_error}")
+    active = len(tokens.active())
+    if active == 0:
+        problems.append("no phone to notify (empty token list)")
+    if cloud is not None and not cloud.get("connected"):
+        problems.append("cloud broker unreachable")
+    if not ready:
+        problems.append("starting")
+    data: dict[str, Any] = {
+        "state": "degraded" if problems else "healthy",
+        "version": version,
+        "since": iso_time(started_at),
+        "uptime_s": round(uptime_s, 1),
+        "problems": problems,
+        "radio": {
+            "connected": radio.connected,
+            "port": radio.port,
+            "last_frame_at": _when(radio.last_frame_at),
+            "frames": radio.frames,
+            "bad_frames": radio.bad_frames,
+            "reconnects": radio.reconnects,
+            "last_error": radio.last_error,
+        },
+        "buttons": [
+            {"id": bid, "last_ring_at": _when(last), "rings": count} for bid, last, count in buttons
+        ],
+        "tokens": {
+            "count": active,
+            "ver": tokens.ver,
+            "suppressed": tokens.suppressed_count,
+        },
+        "cloud": cloud,
+        "apns": {
+            "connected": any(apns.connected.values()),
+            "connections": apns.connected,
+            "auth": apns.auth,
+            "sent": apns.sent,
+            "delivered": apns.delivered,
+            "failed": apns.failed,
+            "last_error": apns.last_error,
+        },
+        "outbox": {
+            "pending": outbox.pending,
+            "oldest_age_s": None if outbox.oldest_age_s is None else round(outbox.oldest_age_s, 1),
+            "in_flight": outbox.in_flight,
+            "expired": outbox.expired,
+            "store_ok": store.ok,
+            "store_error": store.last_error,
+        },
+    }
+    return StatusReport(data, tuple(problems))
+
+
+def render_human(data: dict[str, Any]) -> str:
+    """The status JSON as a short table a person reads at a glance."""
+    radio = data["radio"]
+    apns = data["apns"]
+    outbox = data["outbox"]
+    tokens = data["tokens"]
+    cloud = data.get("cloud")
+    lines = [
+        f"edgebell {data['version']}: {data['state'].upper()}  (up {_duration(data['uptime_s'])})",
+    ]
+    for problem in data.get("problems", []):
+        lines.append(f"  ! {problem}")
+    lines += [
+        "",
+        f"receiver   {'connected' if radio['connected'] else 'NOT CONNECTED'} on {radio['port']}"
+        f"; {radio['frames']} frames, {radio['bad_frames']} bad"
+        f"; last frame {radio['last_frame_at'] or 'never'}",
+    ]
+    for b in data["buttons"]:
+        rings = "1 ring" if b["rings"] == 1 else f"{b['rings']} rings"
+        lines.append(f"button     {b['id']}: {rings}, last {b['last_ring_at'] or 'never'}")
+    ver = "static config" if tokens["ver"] is None else f"list ver {tokens['ver']}"
+    lines.append(
+        f"phones     {tokens['count']} ({ver}), {tokens['suppressed']} suppressed by Apple"
+    )
+    lines.append(
+        f"apns       {'connected' if apns['connected'] else 'not connected'} ({apns['auth']} auth)"
+        f"; {apns['sent']} sent, {apns['delivered']} delivered, {apns['failed']} failed"
+    )
+    if apns.get("last_error"):
+        lines.append(f"           last error: {apns['last_error']}")
+    oldest = outbox["oldest_age_s"]
+    lines.append(
+        f"outbox     {outbox['pending']} pending"
+        + ("" if oldest is None else f", oldest {oldest:.0f} s")
+        + f", {outbox['expired']} expired"
+    )
+    if cloud is None:
+        lines.append("cloud      not configured (static tokens)")
+    else:
+        state = "connected" if cloud.get("connected") else "NOT CONNECTED"
+        lines.append(f"cloud      {state}; last sync {cloud.get('last_sync_at') or 'never'}")
+    return "\n".join(lines)
+
+
+def _duration(seconds: float) -> str:
+    s = int(seconds)
+    if s < 120:
+        return f"{s} s"
+    if s < 7200:
+        return f"{s // 60} min"
+    if s < 172800:
+        return f"{s // 3600} h"
+    return f"{s // 86400} days"
