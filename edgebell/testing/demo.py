@@ -1,0 +1,151 @@
+"""``scripts/demo``: the real daemon end to end on local stand-ins, narrated for a newcomer."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+from edgebell.privacy import short_token
+from edgebell.testing.apns_standin import ReceivedPush
+from edgebell.testing.fake_receiver import FakeReceiver
+from edgebell.testing.gateway import (
+    BACK_FRAME,
+    FRONT_FRAME,
+    KEY_ID,
+    TEAM_ID,
+    TOPIC,
+    DaemonProcess,
+    random_token,
+    write_config,
+)
+from edgebell.testing.pki import make_test_pki
+from edgebell.testing.standin_thread import StandInThread
+
+
+def say(text: str = "") -> None:
+    print(text, flush=True)
+
+
+def step(n: int, total: int, text: str) -> None:
+    say(f"\n[{n}/{total}] {text}")
+
+
+def show_push(push: ReceivedPush) -> None:
+    alert = json.loads(push.payload)["aps"]["alert"]
+    say(
+        f"    APNs <- {push.status} {push.reason or 'OK':<14} {short_token(push.token):<10}"
+        f" {push.headers.get('apns-priority', '')}  {alert['title']!r}: {alert['body']!r}"
+        f"  collapse-id {push.headers.get('apns-collapse-id', '')[:8]}…"
+    )
+
+
+class Watcher:
+    """Prints what the stand-in answered since the last look."""
+
+    def __init__(self, apns: StandInThread) -> None:
+        self.apns = apns
+        self.seen = 0
+
+    def wait_and_show(self, count: int, timeout: float = 10.0) -> None:
+        target = self.seen + count
+        self.apns.wait_for(lambda s: len(s.responses) >= target, timeout)
+        for push in self.apns.responses()[self.seen : target]:
+            show_push(push)
+        self.seen = target
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--keep", action="store_true", help="keep the demo directory")
+    args = parser.parse_args(argv)
+    total = 6
+    root = Path(tempfile.mkdtemp(prefix="edgebell-demo-"))
+    say("edgebell demo: a doorbell press on a serial port becomes an Apple push, end to end.")
+    say(f"Everything runs on this machine, in {root}; nothing is sent to Apple.")
+
+    step(1, total, "Generating throwaway keys: a test CA, a TLS cert for the APNs stand-in,")
+    say("      and an APNs auth key (.p8) the daemon signs its ES256 JWTs with.")
+    pki = make_test_pki(root / "pki", key_id=KEY_ID, team_id=TEAM_ID)
+
+    with StandInThread(
+        certfile=pki.server.cert,
+        keyfile=pki.server.key,
+        topic=TOPIC,
+        auth_keys=pki.auth_key.auth_keys(),
+    ) as apns:
+        step(2, total, f"APNs stand-in listening on {apns.url} (TLS + HTTP/2).")
+        say("      It answers as Apple documents and refuses a request whose JWT it cannot verify.")
+        phones = [random_token(), random_token(), random_token()]
+        gone = phones[2]
+        apns.set(token_errors={gone: (410, "Unregistered")})
+        say(f"      Three phones are authorised; {short_token(gone)} uninstalled the app,")
+        say("      so 'Apple' will answer 410 Unregistered for it.")
+
+        with FakeReceiver(root / "ttyRFLink", answer_pings=True) as receiver:
+            step(3, total, f"Simulated RFLink receiver plugged in at {receiver.path}")
+            say("      (a pseudo-terminal; the daemon opens it like /dev/serial/by-id/...).")
+            files = write_config(
+                root,
+                port=str(receiver.path),
+                apns_url=apns.url,
+                ca_file=pki.ca.cert,
+                auth={
+                    "mode": "token",
+                    "key_file": str(pki.auth_key.private_key),
+                    "key_id": KEY_ID,
+                    "team_id": TEAM_ID,
+                },
+                tokens=phones,
+                overrides={"log_level": "info"},
+            )
+            step(4, total, f"Starting `edgebell run --config {files.config}`")
+            daemon = DaemonProcess(files)
+            daemon.start()
+            receiver.write_line(b"20;00;Nodo RadioFrequencyLink - RFLink Gateway V1.1 - R46;")
+            watcher = Watcher(apns)
+            say("      The daemon is up: receiver open, APNs connection warm.")
+
+            step(5, total, "Someone presses the front door button.")
+            say(
+                "      The transmitter repeats its frame 3 times;"
+                " edgebell rings once, on the first:"
+            )
+            for n in range(3):
+                receiver.write_line(FRONT_FRAME.format(n=n + 1))
+            watcher.wait_and_show(3)
+            say("      -> one push per phone; the dead token is now suppressed and reported.")
+            time.sleep(0.3)
+            say("\n      A press of the back door (a SelectPlus chime button):")
+            receiver.write_line(BACK_FRAME.format(n=4))
+            watcher.wait_and_show(2)
+            say("      -> only the two live phones this time.")
+            say("\n      `edgebell ring front` rings by hand (ignores debounce and cooldown):")
+            result = daemon.cli("ring", "front")
+            say(textwrap.indent(result.stdout.strip(), "      $ "))
+            watcher.wait_and_show(2)
+
+            step(6, total, "`edgebell status`:")
+            daemon.wait_status(lambda s: s["outbox"]["pending"] == 0)
+            result = daemon.cli("status")
+            say(textwrap.indent(result.stdout.rstrip(), "      "))
+            say(f"      (exit code {result.returncode}: 0 healthy, 1 degraded, 3 not running)")
+
+            say("\nStopping the daemon with SIGTERM (as systemd does):")
+            code = daemon.stop()
+            say(f"      exit code {code}")
+            say("\nThe daemon's own log of all this:")
+            for line in daemon.log_text().splitlines():
+                say(f"      | {line}")
+    if args.keep:
+        say(f"\nDemo files kept in {root}")
+    say("\nDone. Next: `scripts/test` runs the whole test suite.")
+    return 0 if code == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

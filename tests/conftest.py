@@ -1,0 +1,46 @@
+"""Fixtures shared by the whole suite (each area keeps its own in a fixtures_*.py module)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from fixtures_apns import apns_standin, apns_standin_thread, pki  # noqa: F401
+from fixtures_radio import fake_receiver, rflink_receiver  # noqa: F401
+
+from edgebell.testing.fake_receiver import FakeReceiver
+from edgebell.testing.gateway import KEY_ID, TEAM_ID, GatewayFiles, random_token, write_config
+from edgebell.testing.pki import TestPki
+from edgebell.testing.standin_thread import StandInThread
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture
+def phones() -> list[str]:
+    """Three device tokens of different lengths (Apple does not promise 32 bytes)."""
+    return [random_token(32), random_token(32), random_token(100)]
+
+
+@pytest.fixture
+def gateway_files(
+    tmp_path: Path,
+    pki: TestPki,  # noqa: F811
+    apns_standin_thread: StandInThread,  # noqa: F811
+    rflink_receiver: FakeReceiver,  # noqa: F811
+    phones: list[str],
+) -> GatewayFiles:
+    """A config for a daemon wired to the stand-in and the pty receiver, token auth."""
+    return write_config(
+        tmp_path,
+        port=str(rflink_receiver.path),
+        apns_url=apns_standin_thread.url,
+        ca_file=pki.ca.cert,
+        auth={
+            "mode": "token",
+            "key_file": str(pki.auth_key.private_key),
+            "key_id": KEY_ID,
+            "team_id": TEAM_ID,
+        },
+        tokens=phones,
+    )
