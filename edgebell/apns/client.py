@@ -1,0 +1,325 @@
+"""The APNs client: one long-lived HTTP/2 connection per environment, one attempt per push."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+from urllib.parse import urlsplit
+
+from edgebell.apns.auth import ApnsAuth
+from edgebell.apns.connection import ApnsConnection, StreamFailed
+from edgebell.apns.model import APNS_PORT, Environment, Outcome, PushRequest, PushResult, classify
+from edgebell.errors import ApnsTransportError
+from edgebell.privacy import short_token
+
+log = logging.getLogger(__name__)
+
+_Header = tuple[bytes, bytes]
+_HEX = re.compile(r"[0-9A-Fa-f]+")
+_POST = (b":method", b"POST")
+_HTTPS = (b":scheme", b"https")
+
+
+@dataclass(frozen=True, slots=True)
+class ApnsStatus:
+    """The client's part of ``status``: ``sent`` = ``delivered`` + ``failed`` + in flight."""
+
+    connected: dict[str, bool]
+    auth: str
+    sent: int
+    delivered: int
+    failed: int  # attempts that did not deliver, whatever the reason (retries count again)
+    last_error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Target:
+    """Where an environment's pushes go."""
+
+    host: str
+    port: int
+    authority: tuple[bytes, bytes]
+
+
+class ApnsClient:
+    """Sends pushes to APNs; every APNs answer and transport failure becomes a ``PushResult``.
+
+    Connections are opened lazily (or warmed with :meth:`connect`), shared by all sends of
+    an environment, and replaced when they fail or the server sends GOAWAY. Retrying is the
+    caller's job: :meth:`send` makes exactly one attempt.
+    """
+
+    def __init__(
+        self,
+        *,
+        auth: ApnsAuth,
+        host_override: str | None = None,
+        ca_file: Path | None = None,
+        connect_timeout: float = 10.0,
+        request_timeout: float = 10.0,
+        ping_interval: float = 60.0,
+    ) -> None:
+        self._auth = auth
+        self._needs_jwt = auth.mode != "certificate"
+        self._connect_timeout = connect_timeout
+        self._request_timeout = request_timeout
+        self._ping_interval = ping_interval
+        self._targets = {env: _target(env, host_override) for env in Environment}
+        self._ssl = _ssl_context(auth, ca_file)
+        self._conns: dict[Environment, ApnsConnection] = {}
+        self._retired: list[ApnsConnection] = []  # draining after GOAWAY, closed at the end
+        self._connecting: dict[Environment, asyncio.Task[ApnsConnection]] = {}
+        self._closed = False
+        self._auth_header: tuple[str, tuple[bytes, bytes]] | None = None
+        self._sent = 0
+        self._delivered = 0
+        self._failed = 0
+        self._last_error: str | None = None
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close every connection; pushes still in flight come back as TRANSPORT."""
+        self._closed = True
+        for task in self._connecting.values():
+            task.cancel()
+        conns = [*self._conns.values(), *self._retired]
+        self._conns.clear()
+        self._retired.clear()
+        await asyncio.gather(*(c.aclose() for c in conns))
+        await asyncio.gather(*self._connecting.values(), return_exceptions=True)
+
+    async def connect(self, env: Environment) -> None:
+        """Make sure ``env`` has a working connection: open one, or PING the one there is.
+
+        Raises ``ApnsTransportError`` when Apple cannot be reached.
+        """
+        conn = self._conns.get(env)
+        if conn is not None and conn.available:
+            try:
+                await conn.ping(self._request_timeout)
+            except ApnsTransportError:
+                pass  # that one is gone (and closed): open a new one below
+            else:
+                return
+        await self._connection(env)
+
+    async def send(self, request: PushRequest) -> PushResult:
+        """Push once; never raises for APNs answers or transport problems."""
+        self._sent += 1
+        authorization = self._auth.authorization()
+        if _HEX.fullmatch(request.token) is None:
+            result = _local(request, Outcome.FAILED, "device token is not hex")
+        elif authorization is None and self._needs_jwt:
+            result = _local(
+                request, Outcome.AUTH_RENEW, f"no provider JWT to send ({self._auth.mode} auth)"
+            )
+        else:
+            result = await self._attempt(request, authorization)
+            self._auth.on_result(result, authorization)
+        if result.outcome is Outcome.DELIVERED:
+            self._delivered += 1
+        else:
+            self._failed += 1
+        log.debug(
+            "push %s to %s: %s %s %s",
+            request.apns_id,
+            short_token(request.token),
+            result.outcome.value,
+            result.status,
+            result.reason or result.detail or "",
+        )
+        return result
+
+    def status(self) -> ApnsStatus:
+        connected = {}
+        for env in Environment:
+            conn = self._conns.get(env)
+            connected[env.value] = conn is not None and conn.alive
+        return ApnsStatus(
+            connected=connected,
+            auth=self._auth.mode,
+            sent=self._sent,
+            delivered=self._delivered,
+            failed=self._failed,
+            last_error=self._last_error,
+        )
+
+    # -- one attempt ----------------------------------------------------------------------
+
+    async def _attempt(self, request: PushRequest, authorization: str | None) -> PushResult:
+        env = request.environment
+        try:
+            conn = self._conns.get(env)
+            if conn is None or not conn.available:
+                conn = await self._connection(env)
+            status, headers, body = await conn.request(
+                self._headers(request, authorization), request.payload, self._request_timeout
+            )
+        except ApnsTransportError as exc:
+            # A connection that never came up never carried the request.
+            unprocessed = exc.unprocessed if isinstance(exc, StreamFailed) else True
+            return PushResult(
+                request, Outcome.TRANSPORT, None, None, None, None, str(exc), unprocessed
+            )
+        apns_id = None
+        for name, value in headers:
+            if name == b"apns-id":
+                apns_id = value.decode("ascii", "replace")
+                break
+        if status == 200:
+            return PushResult(request, Outcome.DELIVERED, 200, None, None, apns_id, None)
+        reason, timestamp = _error_body(body)
+        detail = f"APNs answered {status} {reason or '(no reason)'}"
+        return PushResult(
+            request, classify(status, reason), status, reason, timestamp, apns_id, detail
+        )
+
+    def _headers(
+        self, request: PushRequest, authorization: str | None
+    ) -> list[tuple[bytes, bytes]]:
+        # Plain byte tuples, pseudo-headers first; the connection's HPACK encoder sends the
+        # token-bearing :path and apns-id as never-indexed literals.
+        headers = [
+            _POST,
+            _HTTPS,
+            (b":path", b"/3/device/" + request.token.encode("ascii")),
+            self._targets[request.environment].authority,
+        ]
+        if authorization is not None:
+            cached = self._auth_header
+            if cached is None or cached[0] != authorization:
+                cached = self._auth_header = (
+                    authorization,
+                    (b"authorization", authorization.encode("ascii")),
+                )
+            headers.append(cached[1])
+        headers += (
+            (b"apns-topic", request.topic.encode()),
+            (b"apns-push-type", request.push_type.encode()),
+            (b"apns-priority", b"%d" % request.priority),
+            (b"apns-expiration", b"%d" % request.expiration),
+            (b"apns-collapse-id", request.collapse_id.encode()),
+            (b"apns-id", request.apns_id.encode()),
+        )
+        return headers
+
+    # -- connections --------------------------------------------------------------------
+
+    async def _connection(self, env: Environment) -> ApnsConnection:
+        """The environment's usable connection; concurrent callers share one connect attempt."""
+        if self._closed:
+            raise ApnsTransportError("the APNs client is closed")
+        conn = self._conns.get(env)
+        if conn is not None and conn.available:
+            return conn
+        task = self._connecting.get(env)
+        if task is None:
+            task = asyncio.create_task(self._open(env), name=f"apns-connect-{env.value}")
+            self._connecting[env] = task
+            task.add_done_callback(lambda t: self._connected(env, t))
+        # Shielded: one caller giving up must not cancel the attempt the others wait for.
+        return await asyncio.shield(task)
+
+    def _connected(self, env: Environment, task: asyncio.Task[ApnsConnection]) -> None:
+        if self._connecting.get(env) is task:
+            del self._connecting[env]
+        if not task.cancelled():
+            task.exception()  # retrieved here too: every waiter may have been cancelled
+
+    async def _open(self, env: Environment) -> ApnsConnection:
+        target = self._targets[env]
+        old = self._conns.pop(env, None)
+        if old is not None:
+            if old.last_error:
+                self._last_error = f"{env.value}: {old.last_error}"
+            if not old.closed:
+                self._retired.append(old)  # draining after GOAWAY: let its streams finish
+        self._retired = [c for c in self._retired if not c.closed]
+        try:
+            conn = await ApnsConnection.open(
+                target.host,
+                target.port,
+                ssl_context=self._ssl,
+                connect_timeout=self._connect_timeout,
+                ping_interval=self._ping_interval,
+                ping_timeout=self._request_timeout,
+                on_lost=lambda c, reason: self._lost(env, reason),
+            )
+        except ApnsTransportError as exc:
+            self._last_error = f"{env.value}: {exc}"
+            log.warning("cannot connect to APNs %s: %s", env.value, exc)
+            raise
+        if self._closed:
+            await conn.aclose()
+            raise ApnsTransportError("the APNs client is closed")
+        self._conns[env] = conn
+        log.info("connected to APNs %s at %s", env.value, conn.name)
+        return conn
+
+    def _lost(self, env: Environment, reason: str) -> None:
+        self._last_error = f"{env.value}: {reason}"
+        log.warning("APNs %s connection failed: %s", env.value, reason)
+
+
+def _local(request: PushRequest, outcome: Outcome, detail: str) -> PushResult:
+    """A result decided without asking Apple (nothing was sent)."""
+    return PushResult(request, outcome, None, None, None, None, detail, unprocessed=True)
+
+
+def _error_body(body: bytes) -> tuple[str | None, int | None]:
+    """Apple's error JSON: ``reason`` and, for 410, ``timestamp`` (epoch milliseconds)."""
+    try:
+        document = json.loads(body)
+    except ValueError:
+        return None, None
+    if not isinstance(document, dict):
+        return None, None
+    reason = document.get("reason")
+    timestamp = document.get("timestamp")
+    return (
+        reason if isinstance(reason, str) else None,
+        timestamp if isinstance(timestamp, int) and not isinstance(timestamp, bool) else None,
+    )
+
+
+def _target(env: Environment, override: str | None) -> _Target:
+    if override is None:
+        host, port = env.host, APNS_PORT
+    else:
+        parts = urlsplit(override if "://" in override else f"https://{override}")
+        if parts.scheme != "https" or not parts.hostname:
+            raise ValueError(f"APNs host must look like https://host[:port], not {override!r}")
+        host, port = parts.hostname, parts.port or APNS_PORT
+    shown = f"[{host}]" if ":" in host else host
+    authority = shown if port == APNS_PORT else f"{shown}:{port}"
+    return _Target(host, port, (b":authority", authority.encode("ascii")))
+
+
+def _ssl_context(auth: ApnsAuth, ca_file: Path | None) -> ssl.SSLContext:
+    """Verified TLS (hostname checked), h2 by ALPN; ``ca_file`` adds a trust anchor."""
+    ctx = ssl.create_default_context()
+    if ca_file is not None:
+        try:
+            ctx.load_verify_locations(cafile=ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise ApnsTransportError(f"cannot load CA file {ca_file}: {exc}") from exc
+    ctx.set_alpn_protocols(["h2"])
+    auth.configure(ctx)
+    return ctx

@@ -1,0 +1,55 @@
+"""Keeping device tokens, keys and provider JWTs out of logs, messages and reprs."""
+
+from __future__ import annotations
+
+import logging
+import re
+
+# Device tokens are hex of variable length: any run of 32+ hex digits is treated as one, even
+# glued to other text ("0x…", inside a URL), since a false positive only costs log detail.
+_TOKEN_RE = re.compile(r"([0-9A-Fa-f]{8})[0-9A-Fa-f]{24,}")
+# A JWS compact serialisation: base64url header (starts "eyJ", i.e. '{"'), payload, signature.
+_JWT_RE = re.compile(r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
+
+JWT_MASK = "<jwt>"
+
+
+def short_token(token: str) -> str:
+    """The first 8 hex digits of a device token and an ellipsis: enough to tell tokens apart."""
+    return f"{token[:8]}…"
+
+
+def redact(text: str) -> str:
+    """``text`` with every JWT replaced and every token-like hex run shortened."""
+    if "eyJ" in text:
+        text = _JWT_RE.sub(JWT_MASK, text)
+    return _TOKEN_RE.sub(r"\1…", text)
+
+
+class RedactingFilter(logging.Filter):
+    """Masks device tokens and JWTs in every record's final text, tracebacks included.
+
+    Install it on handlers, not loggers: a handler's filter sees records of every logger,
+    third-party ones (h2, hpack debug output) included.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except (TypeError, ValueError, KeyError):
+            # Logging would print the raw arguments to stderr on a formatting error.
+            message = f"{record.msg!s} [log arguments dropped: they do not fit the message]"
+            record.msg, record.args = message, None
+        masked = redact(message)
+        if masked != message:
+            # Freeze the masked text: formatters call getMessage() again later.
+            record.msg = masked
+            record.args = None
+        if record.exc_info and not record.exc_text:
+            # Formatters cache the traceback text in exc_text and reuse it, so mask it there.
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info)
+        return True
