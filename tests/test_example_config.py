@@ -1,0 +1,53 @@
+"""config/example.yaml is a working configuration once the files it names exist."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from edgebell.testing.pki import make_apns_auth_key, make_ca, make_client_cert, make_ed25519_keypair
+
+EXAMPLE = Path(__file__).parent.parent / "config" / "example.yaml"
+
+
+def test_example_passes_check_config_with_its_files_in_place(tmp_path: Path) -> None:
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    # The files the example names under /etc/edgebell, generated here instead.
+    auth = make_apns_auth_key(tmp_path / "gen")
+    shutil.copy(auth.private_key, etc / "AuthKey.p8")
+    (etc / "AuthKey.p8").chmod(0o600)
+    ca = make_ca(tmp_path / "gen")
+    shutil.copy(ca.cert, etc / "cloud-ca.pem")
+    client = make_client_cert(ca, tmp_path / "gen", "gw-0001")
+    shutil.copy(client.cert, etc / "gateway.crt")
+    shutil.copy(client.key, etc / "gateway.key")
+    (etc / "gateway.key").chmod(0o600)
+    shutil.copy(make_ed25519_keypair(tmp_path / "gen").public_key, etc / "token-list.pub")
+
+    config = tmp_path / "config.yaml"
+    config.write_text(EXAMPLE.read_text().replace("/etc/edgebell/", f"{etc}/"))
+    result = subprocess.run(
+        [sys.executable, "-m", "edgebell", "check-config", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"{config}: OK" in result.stdout
+
+
+def test_example_without_its_files_names_the_first_missing_one() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "edgebell", "check-config", "--config", str(EXAMPLE)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "apns.auth.key_file" in result.stderr
+    assert "/etc/edgebell/AuthKey.p8" in result.stderr
