@@ -79,6 +79,21 @@ class ButtonTracker:
             return Press(Verdict.COOLDOWN, button)
         return self._ring(button, state, now)
 
+    def reconfigured(
+        self, buttons: Iterable[Button], *, debounce: float, cooldown: float
+    ) -> ButtonTracker:
+        """A tracker with new settings that remembers the presses of every unchanged button.
+
+        A reload in the middle of a press must neither ring it twice nor forget the
+        presses that cooldown is holding for the next ring.
+        """
+        tracker = ButtonTracker(buttons, debounce=debounce, cooldown=cooldown)
+        for button in tracker.buttons:
+            old = self._by_id.get(button.id)
+            if old is not None and old.key == button.key:
+                tracker._state[button.id] = self._state[button.id]
+        return tracker
+
     def ring_now(self, button_id: str, now: float) -> Press:
         """A ring asked for by a person (CLI, cloud): ignores debounce and cooldown."""
         button = self._by_id.get(button_id)

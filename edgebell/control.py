@@ -1,139 +1,26 @@
-"""The control socket: JSON lines between the CLI and the running daemon.
+"""The control socket protocol and its client: how ``edgebell`` commands ask the running daemon.
 
-One request per connection: the client writes one JSON object and a newline;
-the daemon answers with one JSON object per line (``learn`` keeps streaming until
-the client hangs up). The socket is mode 0660 so that only root and the
-daemon's group may ring the doorbell or read its status.
+One request per connection: the client writes one JSON object and a newline; the
+daemon answers with one JSON object per line (``learn`` keeps streaming until the
+client hangs up). The daemon's end is :mod:`edgebell.control_server`. This side is
+plain blocking sockets and imports nothing heavy, so ``edgebell status`` stays quick.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
+import grp
 import json
-import logging
 import os
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from edgebell.errors import ControlError
 
-log = logging.getLogger(__name__)
-
 JSON = dict[str, Any]
-# A handler answers a request with one reply, or with an async stream of them (learn).
-Handler = Callable[[JSON], Awaitable[JSON] | AsyncIterator[JSON]]
 
 MAX_REQUEST = 64 * 1024
-
-
-class ControlServer:
-    """Serves the control socket for the daemon's lifetime."""
-
-    def __init__(self, path: Path, handlers: Mapping[str, Handler]) -> None:
-        self.path = path
-        self._handlers = dict(handlers)
-        self._server: asyncio.AbstractServer | None = None
-
-    async def start(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if self.path.is_socket() or self.path.exists():
-            if _daemon_answers(self.path):
-                raise ControlError(f"another edgebell daemon is already running on {self.path}")
-            self.path.unlink()
-        # A socket is created with the umask applied; set the mode before anyone can connect.
-        old = os.umask(0o117)
-        try:
-            self._server = await asyncio.start_unix_server(
-                self._serve, path=str(self.path), limit=MAX_REQUEST
-            )
-        finally:
-            os.umask(old)
-        os.chmod(self.path, 0o660)
-
-    async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server.wait_closed(), 1.0)
-            self._server = None
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            line = await asyncio.wait_for(reader.readline(), 5.0)
-            try:
-                request = json.loads(line)
-                if not isinstance(request, dict):
-                    raise ValueError("not an object")
-            except ValueError:
-                await _send(writer, {"ok": False, "error": "bad request: one JSON object expected"})
-                return
-            handler = self._handlers.get(str(request.get("cmd")))
-            if handler is None:
-                await _send(
-                    writer, {"ok": False, "error": f"unknown command {request.get('cmd')!r}"}
-                )
-                return
-            answer = handler(request)
-            if isinstance(answer, AsyncIterator):
-                await self._stream(answer, reader, writer)
-            else:
-                await _send(writer, await answer)
-        except (ConnectionError, TimeoutError, asyncio.IncompleteReadError, ValueError):
-            pass  # the client went away or sent nonsense: nothing to clean up but the socket
-        except Exception:
-            log.exception("control request failed")
-            with contextlib.suppress(Exception):
-                await _send(writer, {"ok": False, "error": "internal error (see the daemon's log)"})
-        finally:
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
-
-    @staticmethod
-    async def _stream(
-        answers: AsyncIterator[JSON], reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        hangup = asyncio.ensure_future(reader.read(1))  # EOF when the client hangs up
-        try:
-            iterator = aiter(answers)
-            while True:
-                nxt = asyncio.ensure_future(anext(iterator))
-                done, _ = await asyncio.wait({nxt, hangup}, return_when="FIRST_COMPLETED")
-                if nxt not in done:
-                    nxt.cancel()
-                    return
-                try:
-                    item = nxt.result()
-                except StopAsyncIteration:
-                    return
-                await _send(writer, item)
-        finally:
-            hangup.cancel()
-            with contextlib.suppress(Exception):
-                await answers.aclose()  # type: ignore[attr-defined]
-
-
-async def _send(writer: asyncio.StreamWriter, message: JSON) -> None:
-    writer.write(json.dumps(message, separators=(",", ":")).encode() + b"\n")
-    await writer.drain()
-
-
-def _daemon_answers(path: Path) -> bool:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(0.5)
-        try:
-            s.connect(str(path))
-        except OSError:
-            return False
-        return True
-
-
-# -- the client side (used by the CLI; plain blocking sockets keep `status` fast) ----------
 
 
 def _connect(path: Path, timeout: float) -> socket.socket:
@@ -143,16 +30,27 @@ def _connect(path: Path, timeout: float) -> socket.socket:
         s.connect(str(path))
     except (FileNotFoundError, ConnectionRefusedError) as exc:
         s.close()
-        raise ControlError(f"edgebell is not running (no daemon on {path})") from exc
+        raise ControlError(
+            f"not running: no edgebell daemon answers on {path} "
+            "(under systemd: systemctl status edgebell)"
+        ) from exc
     except PermissionError as exc:
         s.close()
         raise ControlError(
-            f"permission denied on {path}: run as root or as a member of the daemon's group"
+            f"permission denied on {path}: run as root or as a member of group "
+            f"{_group_of(path)} (usermod -aG {_group_of(path)} $USER, then log in again)"
         ) from exc
     except OSError as exc:
         s.close()
         raise ControlError(f"cannot reach the daemon on {path}: {exc}") from exc
     return s
+
+
+def _group_of(path: Path) -> str:
+    try:
+        return grp.getgrgid(os.stat(path).st_gid).gr_name
+    except (OSError, KeyError):
+        return "edgebell"  # the group the systemd unit runs the daemon with
 
 
 def stream(path: Path, request: JSON, *, timeout: float | None = 10.0) -> Iterator[JSON]:
@@ -166,6 +64,8 @@ def stream(path: Path, request: JSON, *, timeout: float | None = 10.0) -> Iterat
                 chunk = s.recv(65536)
             except TimeoutError as exc:
                 raise ControlError("the daemon did not answer in time") from exc
+            except OSError as exc:
+                raise ControlError(f"lost the connection to the daemon: {exc}") from exc
             if not chunk:
                 return
             buffer += chunk

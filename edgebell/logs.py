@@ -6,7 +6,7 @@ import logging
 import os
 import sys
 from collections.abc import Mapping
-from typing import ClassVar
+from typing import ClassVar, TextIO
 
 from edgebell.privacy import RedactingFilter
 
@@ -17,12 +17,17 @@ LEVELS = {
     "error": logging.ERROR,
 }
 
+# Libraries whose debug output would show request headers (device tokens in :path) byte by byte.
+_NOISY = ("hpack", "h2")
 
-def setup_logging(level: str, environ: Mapping[str, str] = os.environ) -> None:
-    """Log to stderr; under systemd (``$JOURNAL_STREAM``) journald adds the timestamps."""
-    handler = logging.StreamHandler(sys.stderr)
-    if environ.get("JOURNAL_STREAM"):
-        # <N> prefixes are syslog priorities journald understands; no own timestamp.
+
+def setup_logging(
+    level: str, environ: Mapping[str, str] = os.environ, stream: TextIO | None = None
+) -> None:
+    """Log to stderr; when stderr is journald's stream, journald adds time and priority."""
+    stream = stream or sys.stderr
+    handler = logging.StreamHandler(stream)
+    if writes_to_journal(stream, environ):
         handler.setFormatter(_JournalFormatter("%(name)s: %(message)s"))
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
@@ -32,13 +37,35 @@ def setup_logging(level: str, environ: Mapping[str, str] = os.environ) -> None:
     for old in list(root.handlers):
         root.removeHandler(old)
     root.addHandler(handler)
+    set_level(level)
+
+
+def set_level(level: str) -> None:
+    """Change the level of every edgebell logger at once (also on a SIGHUP reload)."""
+    root = logging.getLogger()
     root.setLevel(LEVELS.get(level, logging.INFO))
-    # hpack/h2 debug output would show headers (device tokens in :path) byte by byte.
-    for noisy in ("hpack", "h2"):
+    for noisy in _NOISY:
         logging.getLogger(noisy).setLevel(max(logging.INFO, root.level))
 
 
+def writes_to_journal(stream: TextIO, environ: Mapping[str, str] = os.environ) -> bool:
+    """Whether ``stream`` is the journald stream systemd names in ``$JOURNAL_STREAM``.
+
+    The variable is inherited by children whose stderr goes elsewhere (a shell started
+    from a service, a pipe), so its device and inode must match the stream's own.
+    """
+    value = environ.get("JOURNAL_STREAM", "")
+    device, _, inode = value.partition(":")
+    try:
+        st = os.fstat(stream.fileno())
+        return (int(device), int(inode)) == (st.st_dev, st.st_ino)
+    except (ValueError, OSError, AttributeError):
+        return False
+
+
 class _JournalFormatter(logging.Formatter):
+    """``<priority>logger: message``; journald takes the syslog priority from the prefix."""
+
     _PRIORITY: ClassVar[dict[int, int]] = {
         logging.DEBUG: 7,
         logging.INFO: 6,
@@ -48,4 +75,6 @@ class _JournalFormatter(logging.Formatter):
     }
 
     def format(self, record: logging.LogRecord) -> str:
-        return f"<{self._PRIORITY.get(record.levelno, 6)}>{super().format(record)}"
+        prefix = f"<{self._PRIORITY.get(record.levelno, 6)}>"
+        # journald makes one entry per line: a traceback's lines keep the record's priority.
+        return "\n".join(prefix + line for line in super().format(record).splitlines())

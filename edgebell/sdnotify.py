@@ -35,9 +35,10 @@ class Notifier:
     def send(self, **fields: str) -> None:
         if self._sock is None or self._address is None:
             return
-        message = "\n".join(f"{k}={v}" for k, v in fields.items()).encode()
+        # One assignment per line: a value with a newline would smuggle in another one.
+        message = "\n".join(f"{k}={' '.join(v.splitlines())}" for k, v in fields.items())
         try:
-            self._sock.sendto(message, self._address)
+            self._sock.sendto(message.encode(), self._address)
         except OSError as exc:  # systemd gone or socket full: never worth crashing for
             log.debug("sd_notify failed: %s", exc)
 
@@ -53,8 +54,8 @@ class Notifier:
     def stopping(self, status: str = "stopping") -> None:
         self.send(STOPPING="1", STATUS=status)
 
-    def reloading(self, monotonic_usec: int) -> None:
-        self.send(RELOADING="1", MONOTONIC_USEC=str(monotonic_usec))
+    def reloading(self, monotonic_usec: int, status: str = "reloading the configuration") -> None:
+        self.send(RELOADING="1", MONOTONIC_USEC=str(monotonic_usec), STATUS=status)
 
     def close(self) -> None:
         if self._sock is not None:

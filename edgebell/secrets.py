@@ -4,31 +4,42 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from edgebell.errors import ConfigError
 
 CREDENTIALS_ENV = "CREDENTIALS_DIRECTORY"
+# Where systemd itself looks for ``LoadCredential=NAME`` (systemd.exec(5)), in its order.
+CREDENTIAL_STORES = (Path("/etc/credstore"), Path("/run/credstore"), Path("/usr/lib/credstore"))
 
 
 def resolve_secret_path(
-    path: str | os.PathLike[str], *, base_dir: Path, environ: Mapping[str, str]
+    path: str | os.PathLike[str],
+    *,
+    base_dir: Path,
+    environ: Mapping[str, str],
+    stores: Sequence[Path] = CREDENTIAL_STORES,
 ) -> Path:
     """The file a config entry names.
 
     A bare name (no slash) is taken from ``$CREDENTIALS_DIRECTORY`` when that is set
     and holds the file (systemd ``LoadCredential=``), else from ``base_dir`` (the config
-    file's directory), as is any other relative path. ``~`` means the home directory.
+    file's directory), else from systemd's credential ``stores`` — so ``check-config`` or
+    a daemon started by hand as root finds the keys the service is given. Any other
+    relative path is relative to ``base_dir``; ``~`` means the home directory.
     """
     # Path("./x") would print as "x": look at the text as written to tell a bare name.
     text = os.fspath(path)
-    if "/" not in text:
+    if "/" not in text and text not in ("", ".", "..", "~"):
         credentials = environ.get(CREDENTIALS_ENV, "")
-        if credentials and text not in ("", ".", ".."):
-            candidate = Path(credentials) / text
-            if candidate.exists():
-                return candidate
+        if credentials and os.path.exists(Path(credentials) / text):
+            return Path(credentials) / text
+        # os.path.exists, not Path.exists: a store only root may read must not raise.
+        if not os.path.exists(base_dir / text):
+            for store in stores:
+                if os.path.exists(store / text):
+                    return store / text
     resolved = Path(text).expanduser()
     return resolved if resolved.is_absolute() else base_dir / resolved
 

@@ -1,6 +1,7 @@
 """Configuration: config.yaml loaded into frozen dataclasses, and the checks of check-config."""
 
-from edgebell.config.check import check_config
+from typing import TYPE_CHECKING
+
 from edgebell.config.defaults import (
     default_config_path,
     default_control_socket,
@@ -19,11 +20,15 @@ from edgebell.config.model import (
     GatewayConfig,
     LogLevel,
     NotificationConfig,
+    OutboxConfig,
     Protocol,
     RadioConfig,
     StaticToken,
     TokenAuthConfig,
 )
+
+if TYPE_CHECKING:
+    from edgebell.config.check import check_config
 
 __all__ = [
     "ApnsConfig",
@@ -37,6 +42,7 @@ __all__ = [
     "GatewayConfig",
     "LogLevel",
     "NotificationConfig",
+    "OutboxConfig",
     "Protocol",
     "RadioConfig",
     "StaticToken",
@@ -47,3 +53,13 @@ __all__ = [
     "default_state_dir",
     "load_config",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # check_config loads the cryptography package; only `run` and `check-config` need it,
+    # and `edgebell status` should start in a blink.
+    if name == "check_config":
+        from edgebell.config.check import check_config
+
+        return check_config
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

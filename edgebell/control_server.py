@@ -1,0 +1,128 @@
+"""The daemon's end of the control socket: serves JSON-line requests from ``edgebell`` commands.
+
+The socket is mode 0660: only root and the daemon's group (``edgebell`` under
+systemd) may ring the doorbell or read its status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from pathlib import Path
+
+from edgebell.control import JSON, MAX_REQUEST
+from edgebell.errors import ControlError
+
+log = logging.getLogger(__name__)
+
+# A handler answers a request with one reply, or with an async stream of them (learn).
+Handler = Callable[[JSON], Awaitable[JSON] | AsyncIterator[JSON]]
+
+
+class ControlServer:
+    """Serves the control socket for the daemon's lifetime."""
+
+    def __init__(self, path: Path, handlers: Mapping[str, Handler]) -> None:
+        self.path = path
+        self._handlers = dict(handlers)
+        self._server: asyncio.AbstractServer | None = None
+
+    async def start(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.is_socket() or self.path.exists():
+            if _daemon_answers(self.path):
+                raise ControlError(f"another edgebell daemon is already running on {self.path}")
+            self.path.unlink()
+        # A socket is created with the umask applied; set the mode before anyone can connect.
+        old = os.umask(0o117)
+        try:
+            self._server = await asyncio.start_unix_server(
+                self._serve, path=str(self.path), limit=MAX_REQUEST
+            )
+        finally:
+            os.umask(old)
+        os.chmod(self.path, 0o660)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 1.0)
+            self._server = None
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            line = await asyncio.wait_for(reader.readline(), 5.0)
+            try:
+                request = json.loads(line)
+                if not isinstance(request, dict):
+                    raise ValueError("not an object")
+            except ValueError:
+                await _send(writer, {"ok": False, "error": "bad request: one JSON object expected"})
+                return
+            handler = self._handlers.get(str(request.get("cmd")))
+            if handler is None:
+                await _send(
+                    writer, {"ok": False, "error": f"unknown command {request.get('cmd')!r}"}
+                )
+                return
+            answer = handler(request)
+            if isinstance(answer, AsyncIterator):
+                await self._stream(answer, reader, writer)
+            else:
+                await _send(writer, await answer)
+        except (ConnectionError, TimeoutError, asyncio.IncompleteReadError, ValueError):
+            pass  # the client went away or sent nonsense: nothing to clean up but the socket
+        except Exception:
+            log.exception("control request failed")
+            with contextlib.suppress(Exception):
+                await _send(writer, {"ok": False, "error": "internal error (see the daemon's log)"})
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    @staticmethod
+    async def _stream(
+        answers: AsyncIterator[JSON], reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        hangup = asyncio.ensure_future(reader.read(1))  # EOF when the client hangs up
+        try:
+            iterator = aiter(answers)
+            while True:
+                nxt = asyncio.ensure_future(anext(iterator))
+                done, _ = await asyncio.wait({nxt, hangup}, return_when="FIRST_COMPLETED")
+                if nxt not in done:
+                    nxt.cancel()
+                    return
+                try:
+                    item = nxt.result()
+                except StopAsyncIteration:
+                    return
+                await _send(writer, item)
+        finally:
+            hangup.cancel()
+            with contextlib.suppress(Exception):
+                await answers.aclose()  # type: ignore[attr-defined]
+
+
+async def _send(writer: asyncio.StreamWriter, message: JSON) -> None:
+    writer.write(json.dumps(message, separators=(",", ":")).encode() + b"\n")
+    await writer.drain()
+
+
+def _daemon_answers(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(0.5)
+        try:
+            s.connect(str(path))
+        except OSError:
+            return False
+        return True

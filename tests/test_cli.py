@@ -1,0 +1,332 @@
+"""Every ``edgebell`` command as a subprocess against a running daemon: output, exit codes, JSON."""
+
+from __future__ import annotations
+
+import grp
+import json
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import pytest
+import yaml
+from fixtures_service import edit_config, reload
+
+from edgebell import __version__
+from edgebell.privacy import short_token
+from edgebell.testing.fake_receiver import FakeReceiver
+from edgebell.testing.gateway import FRONT_FRAME, DaemonProcess, GatewayFiles, random_token
+from edgebell.testing.standin_thread import StandInThread
+
+GATE_FRAME = "20;{n:02X};Kaku;ID=41;SWITCH=1;CMD=ON;"
+SHED_FRAME = "20;{n:02X};NewKaku;ID=00c0ffee;SWITCH=2;CMD=ON;"
+
+
+@pytest.fixture
+def daemon(gateway_files: GatewayFiles) -> Iterator[DaemonProcess]:
+    with DaemonProcess(gateway_files) as d:
+        yield d
+
+
+def status_json(daemon: DaemonProcess) -> tuple[int, dict[str, Any]]:
+    result = daemon.cli("status", "--json")
+    return result.returncode, json.loads(result.stdout)
+
+
+def test_version() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "edgebell", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"edgebell {__version__}"
+
+
+# -- status ---------------------------------------------------------------------------------------
+
+
+def test_status_when_healthy_reads_at_a_glance(
+    daemon: DaemonProcess, gateway_files: GatewayFiles, phones: list[str]
+) -> None:
+    result = daemon.cli("status")
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith(f"edgebell {__version__}: HEALTHY  (up ")
+    assert "!" not in result.stdout  # no problem lines
+    assert any(line.startswith("receiver   connected on ") for line in lines)
+    assert "phones     3 (static config), 0 suppressed by Apple" in lines
+    assert any(line.startswith("apns       connected (token auth)") for line in lines)
+    assert any(line.startswith(f"config     {gateway_files.config}, loaded ") for line in lines)
+    for token in phones:
+        assert token[:16] not in result.stdout
+
+
+def test_status_json_has_the_contract_and_says_what_is_wrong(daemon: DaemonProcess) -> None:
+    code, data = status_json(daemon)
+    assert code == 0
+    assert data["state"] == "healthy"
+    assert data["problems"] == []
+    assert data["version"] == __version__
+    assert data["since"].endswith("Z")
+    assert data["uptime_s"] >= 0
+    assert set(data["radio"]) >= {"connected", "port", "last_frame_at", "frames", "bad_frames"}
+    assert set(data["buttons"][0]) == {"id", "last_ring_at", "rings"}
+    assert set(data["tokens"]) == {"count", "ver", "suppressed"}
+    assert set(data["apns"]) >= {"connected", "auth", "sent", "delivered", "failed", "last_error"}
+    assert set(data["outbox"]) >= {"pending", "oldest_age_s"}
+    assert data["config"] == {
+        "file": str(daemon.files.config),
+        "loaded_at": data["config"]["loaded_at"],
+        "reload_error": None,
+        "restart_needed": [],
+    }
+
+
+def test_status_when_the_receiver_is_unplugged_and_back(
+    daemon: DaemonProcess, rflink_receiver: FakeReceiver
+) -> None:
+    rflink_receiver.unplug()
+    daemon.wait_status(lambda s: not s["radio"]["connected"])
+
+    result = daemon.cli("status")
+    assert result.returncode == 1
+    assert result.stdout.splitlines()[0].startswith(f"edgebell {__version__}: DEGRADED")
+    assert f"  ! receiver not connected on {rflink_receiver.path}" in result.stdout
+    assert f"receiver   NOT CONNECTED on {rflink_receiver.path}" in result.stdout
+    code, data = status_json(daemon)
+    assert code == 1
+    assert data["state"] == "degraded"
+    assert data["problems"][0].startswith(f"receiver not connected on {rflink_receiver.path}")
+
+    rflink_receiver.plug()
+    daemon.wait_status(lambda s: s["radio"]["connected"])
+    assert daemon.cli("status").returncode == 0
+
+
+def test_status_says_loudly_when_apple_refuses_the_key(
+    daemon: DaemonProcess, apns_standin_thread: StandInThread
+) -> None:
+    apns_standin_thread.call(lambda s: setattr(s, "auth_keys", {}))  # Apple no longer knows it
+    assert daemon.cli("ring", "front").returncode == 0
+    daemon.wait_status(lambda s: s["state"] == "degraded")
+    result = daemon.cli("status")
+    assert result.returncode == 1
+    assert "check apns.auth" in result.stdout
+    assert "InvalidProviderToken" in result.stdout
+
+
+def test_status_says_when_there_is_no_phone_to_notify(gateway_files: GatewayFiles) -> None:
+    edit_config(gateway_files, lambda d: d.update(tokens=[]))
+    with DaemonProcess(gateway_files) as daemon:
+        result = daemon.cli("status")
+    assert result.returncode == 1
+    assert "! no phone to notify (empty token list)" in result.stdout
+
+
+def test_status_when_no_daemon_answers_exits_3_with_one_clear_line(
+    daemon: DaemonProcess,
+) -> None:
+    daemon.stop(signal.SIGKILL)  # killed: the socket file stays behind, nobody listens
+    sock = daemon.files.control_socket
+    assert sock.exists()
+    for args in (("status",), ("status", "--json"), ("ring", "front")):
+        result = daemon.cli(*args)
+        assert result.returncode == 3
+        assert result.stdout == ""
+        assert result.stderr.splitlines() == [
+            f"edgebell: not running: no edgebell daemon answers on {sock} "
+            "(under systemd: systemctl status edgebell)"
+        ]
+
+
+def test_only_root_and_the_daemons_group_may_ask(daemon: DaemonProcess, tmp_path: Path) -> None:
+    sock = daemon.files.control_socket
+    assert stat.S_IMODE(sock.stat().st_mode) == 0o660
+    group = grp.getgrgid(sock.stat().st_gid).gr_name
+    # Another user asks with a copy of the config it can read (the test's own is private).
+    shared = Path(tempfile.mkdtemp(prefix="eb-cli-"))
+    shared.chmod(0o755)
+    sock.parent.chmod(0o755)
+    config = shared / "config.yaml"
+    shutil.copy(daemon.files.config, config)
+    config.chmod(0o644)
+
+    def status_as(*who: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*who, sys.executable, "-m", "edgebell", "status", "--config", str(config)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+            cwd="/",
+        )
+
+    try:
+        if os.getuid() == 0:  # as root: ask as nobody, outside and inside the socket's group
+            nobody = ("setpriv", "--reuid=65534", "--regid=65534")
+            denied = status_as(*nobody, "--clear-groups")
+            member = status_as(*nobody, f"--groups={sock.stat().st_gid}")
+            assert member.returncode == 0, member.stderr
+            assert member.stdout.startswith(f"edgebell {__version__}: HEALTHY")
+        else:  # as the socket's owner, only taking the permission away denies it
+            sock.chmod(0)
+            denied = status_as()
+            sock.chmod(0o660)
+    finally:
+        shutil.rmtree(shared)
+    assert denied.returncode == 3
+    assert denied.stderr.splitlines() == [
+        f"edgebell: permission denied on {sock}: run as root or as a member of group {group} "
+        f"(usermod -aG {group} $USER, then log in again)"
+    ]
+
+
+# -- ring, test-push, check-config ----------------------------------------------------------------
+
+
+def test_ring_and_test_push_exit_codes(
+    daemon: DaemonProcess, apns_standin_thread: StandInThread
+) -> None:
+    rang = daemon.cli("ring", "front")
+    assert rang.returncode == 0
+    assert rang.stdout.startswith("rang front (ring ")
+    assert daemon.cli("ring", "garage").returncode == 1
+
+    stranger, dead = random_token(), random_token()
+    apns_standin_thread.set(token_errors={dead: (400, "BadDeviceToken")})
+    pushed = daemon.cli("test-push", "--token", stranger)
+    assert pushed.returncode == 0
+    assert pushed.stdout.split() == [short_token(stranger), "sandbox", "delivered", "(200)"]
+    failed = daemon.cli("test-push", "--token", dead, "--json")
+    assert failed.returncode == 1
+    [outcome] = json.loads(failed.stdout)
+    assert outcome["token"] == short_token(dead)
+    assert (outcome["status"], outcome["reason"]) == (400, "BadDeviceToken")
+    assert dead not in failed.stdout + failed.stderr
+
+
+def test_check_config_exit_codes(gateway_files: GatewayFiles) -> None:
+    def check() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "edgebell",
+                "check-config",
+                "--config",
+                str(gateway_files.config),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+
+    ok = check()
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.splitlines()[-1] == f"{gateway_files.config}: OK"
+    edit_config(gateway_files, lambda d: d["radio"].update(protocol="morse"))
+    bad = check()
+    assert bad.returncode == 2
+    assert f"{gateway_files.config}:" in bad.stderr
+    assert "radio.protocol" in bad.stderr
+
+
+# -- learn --------------------------------------------------------------------------------------
+
+
+class Lines:
+    """The lines a subprocess prints, read by a thread so the test can wait on them."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self._lines: list[str] = []
+        self._changed = threading.Condition()
+        self._thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _read(self, stream: IO[str]) -> None:
+        for line in stream:
+            with self._changed:
+                self._lines.append(line.rstrip("\n"))
+                self._changed.notify_all()
+
+    def join(self) -> None:
+        self._thread.join(5)
+
+    @property
+    def text(self) -> str:
+        with self._changed:
+            return "\n".join(self._lines)
+
+    def wait_count(self, needle: str, count: int = 1, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while sum(needle in line for line in self._lines) < count:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    pytest.fail(
+                        f"{count} x {needle!r} not printed; got:\n" + "\n".join(self._lines)
+                    )
+                self._changed.wait(left)
+
+
+def test_learn_prints_each_new_button_once_with_a_snippet_that_works_when_pasted(
+    daemon: DaemonProcess,
+    gateway_files: GatewayFiles,
+    rflink_receiver: FakeReceiver,
+    apns_standin_thread: StandInThread,
+    phones: list[str],
+) -> None:
+    with subprocess.Popen(
+        [sys.executable, "-m", "edgebell", "learn", "--config", str(gateway_files.config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as learn:
+        try:
+            assert learn.stdout is not None
+            out = Lines(learn.stdout)
+            out.wait_count("press each new button once")
+            assert out.text.startswith(f"listening on {rflink_receiver.path} for buttons not ")
+            for n in range(1, 4):  # one press of the gate button: the transmitter repeats
+                rflink_receiver.write_line(GATE_FRAME.format(n=n))
+            rflink_receiver.write_line(SHED_FRAME.format(n=4))
+            out.wait_count("paste under buttons:", 2)
+            rflink_receiver.write_line(SHED_FRAME.format(n=5))  # known by now: not shown again
+            rflink_receiver.write_line(FRONT_FRAME.format(n=6))  # configured: rings, not shown
+            apns_standin_thread.wait_for(lambda s: len(s.received) >= len(phones), timeout=10)
+            learn.send_signal(signal.SIGINT)  # Ctrl-C
+            assert learn.wait(10) == 0
+        finally:
+            if learn.poll() is None:
+                learn.kill()
+        out.join()
+
+    text = out.text
+    assert text.count("paste under buttons:") == 2
+    assert text.count("20;01;Kaku;ID=41;SWITCH=1;CMD=ON;") == 1
+    assert "EV1527" not in text
+    snippet = text.split("paste under buttons:\n", 1)[1].split("\n\n", 1)[0]
+    assert snippet.splitlines()[-1] == '    match: {protocol: "Kaku", id: "41", switch: "1"}'
+
+    # Pasted under buttons: (with an id of one's choosing), it is a button that rings.
+    [button] = yaml.safe_load("buttons:\n" + snippet)["buttons"]
+    button.update(id="gate", name="Garden gate")
+    edit_config(gateway_files, lambda d: d["buttons"].append(button))
+    assert reload(daemon)["config"]["reload_error"] is None
+    rflink_receiver.write_line(GATE_FRAME.format(n=7))
+    apns_standin_thread.wait_for(lambda s: len(s.received) >= 2 * len(phones), timeout=10)
+    buttons = [p.json()["edgebell"]["button"] for p in apns_standin_thread.received()]
+    assert buttons.count("gate") == len(phones)
