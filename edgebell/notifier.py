@@ -2,25 +2,43 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from edgebell.apns.payload import build_payload, collapse_id_for
 from edgebell.rings import Notification, Ring, iso_time, new_id
 from edgebell.tokens import AuthorisedToken
 
+COLLAPSED_BODY = "{rings} rings at {button_name}, last at {last_at}"
+
 
 @dataclass(frozen=True, slots=True)
 class Template:
-    """The alert text; ``{button_name}``, ``{button}`` and ``{presses}`` are filled per ring."""
+    """The alert text; ``{button_name}``, ``{button}`` and ``{presses}`` are filled per ring.
+
+    ``collapsed`` is the body of one push standing for several rings that waited while
+    Apple was unreachable: ``{rings}`` and ``{last_at}`` (the last ring's local HH:MM) too.
+    """
 
     title: str
     body: str
     sound: str | None
+    collapsed: str = COLLAPSED_BODY
 
     def render(self, ring: Ring) -> tuple[str, str]:
         values = {"button_name": ring.button_name, "button": ring.button, "presses": ring.presses}
         return self.title.format(**values), self.body.format(**values)
+
+    def render_collapsed(self, ring: Ring, rings: int) -> tuple[str, str]:
+        values = {
+            "button_name": ring.button_name,
+            "button": ring.button,
+            "presses": ring.presses,
+            "rings": rings,
+            "last_at": time.strftime("%H:%M", time.localtime(ring.at)),
+        }
+        return self.title.format(**values), self.collapsed.format(**values)
 
 
 class Notifier:
@@ -41,6 +59,36 @@ class Notifier:
             ring_id=ring.ring_id,
             button=ring.button,
             at=iso_time(ring.at),
+        )
+
+    def collapsed(self, older: Notification, newer: Notification, button_name: str) -> Notification:
+        """``older`` (still undelivered) now also stands for ``newer``'s rings: one push for all.
+
+        It keeps its apns-id and collapse id, so a copy Apple may already have shown is
+        replaced on the phone rather than joined by a second one; the text, ``edgebell.ring_id``
+        and ``at`` become the newest ring's, and it lives until the newest ring expires.
+        """
+        rings = older.rings + newer.rings
+        last = newer if newer.latest_at >= older.latest_at else older
+        ring = Ring(last.latest_ring_id, newer.button, button_name, last.latest_at)
+        title, body = self._template.render_collapsed(ring, rings)
+        payload = build_payload(
+            title=title,
+            body=body,
+            sound=self._template.sound,
+            thread_id=ring.button,
+            ring_id=ring.ring_id,
+            button=ring.button,
+            at=iso_time(ring.at),
+            rings=rings,
+        )
+        return replace(
+            older,
+            payload=payload,
+            expires_at=max(older.expires_at, newer.expires_at),
+            rings=rings,
+            last_ring_id=ring.ring_id,
+            last_at=ring.at,
         )
 
     def fan_out(

@@ -52,6 +52,17 @@ class Notification:
     expires_at: float
     attempts: int = 0
     ver: int | None = None  # token-list version the token came from (None: static config)
+    rings: int = 1  # rings this push stands for: more once offline rings collapse into it
+    last_ring_id: str | None = None  # the newest of those rings (None: this row's own)
+    last_at: float | None = None
+
+    @property
+    def latest_ring_id(self) -> str:
+        return self.ring_id if self.last_ring_id is None else self.last_ring_id
+
+    @property
+    def latest_at(self) -> float:
+        return self.created_at if self.last_at is None else self.last_at
 
 
 class Fate(enum.Enum):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 from pathlib import Path
 
@@ -105,4 +106,30 @@ def test_full_disk_is_reported_and_later_writes_recover(tmp_path: Path) -> None:
     again.add([_notification()])
     again.flush(5.0)
     assert again.health().ok
+    again.close()
+
+
+def test_a_schema_1_database_gains_the_collapse_columns(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.sqlite3"
+    old = sqlite3.connect(path)
+    old.executescript(
+        "CREATE TABLE notifications (apns_id TEXT PRIMARY KEY, ring_id TEXT NOT NULL,"
+        " button TEXT NOT NULL, token TEXT NOT NULL, env TEXT NOT NULL,"
+        " collapse_id TEXT NOT NULL, payload BLOB NOT NULL, created_at REAL NOT NULL,"
+        " expires_at REAL NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, ver INTEGER);"
+        "INSERT INTO notifications VALUES"
+        " ('a1', 'r1', 'front', 'abab', 'sandbox', 'r1', x'7b7d', 1000, 1900, 2, NULL);"
+        "PRAGMA user_version=1;"
+    )
+    old.commit()
+    old.close()
+    store = OutboxStore(path)
+    store.open()
+    [row] = store.load_pending()
+    assert (row.apns_id, row.attempts, row.rings, row.latest_ring_id) == ("a1", 2, 1, "r1")
+    store.start()
+    store.collapse(dataclasses.replace(row, rings=3, last_ring_id="r3", last_at=1500.0))
+    again = reopen(store)
+    [merged] = again.load_pending()
+    assert (merged.rings, merged.latest_ring_id, merged.latest_at) == (3, "r3", 1500.0)
     again.close()

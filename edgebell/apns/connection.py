@@ -504,7 +504,9 @@ class ApnsConnection(asyncio.Protocol):
 
     def _flush(self) -> None:
         data = self._h2.data_to_send()
-        if data and self._transport is not None:
+        # Writing to a transport that is closing makes asyncio log a warning per write:
+        # thousands of lines when a connection dies under a burst. The data is moot then.
+        if data and self._transport is not None and not self._transport.is_closing():
             self._transport.write(data)
 
     # -- HTTP/2 events ----------------------------------------------------------------

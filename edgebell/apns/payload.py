@@ -21,11 +21,13 @@ def build_payload(
     ring_id: str,
     button: str,
     at: str,
+    rings: int = 1,
     limit: int = MAX_PAYLOAD,
 ) -> bytes:
     """Compact UTF-8 JSON of at most ``limit`` bytes: an over-long body, then title, is cut.
 
     The alert text is cut on a character boundary and ends in "…"; it is never rejected.
+    ``rings`` above 1 (rings collapsed while Apple was unreachable) adds ``edgebell.rings``.
     Only when the fixed parts alone (ids, sound) exceed ``limit`` is ``ValueError`` raised,
     which is a programming error, not a long message.
     """
@@ -36,7 +38,10 @@ def build_payload(
             aps["sound"] = sound
         aps["interruption-level"] = "time-sensitive"
         aps["thread-id"] = thread_id
-        document = {"aps": aps, "edgebell": {"ring_id": ring_id, "button": button, "at": at}}
+        ours: dict[str, object] = {"ring_id": ring_id, "button": button, "at": at}
+        if rings > 1:
+            ours["rings"] = rings
+        document = {"aps": aps, "edgebell": ours}
         # "replace": a lone surrogate (mis-decoded input) must not make the push impossible.
         return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode(
             "utf-8", "replace"

@@ -1,9 +1,12 @@
-"""Drives every outbox notification to a final answer from Apple: send, retry, expire.
+"""Drives every outbox notification to a final answer from Apple: send, retry, collapse, expire.
 
-Each notification gets one small task that loops until its fate is settled.
-Transport failures take a whole environment's link down; one reconnect loop per
-environment probes Apple with backoff while the rows wait for the link, so a
-dead network is not hammered by every queued row at once.
+Each notification (an outbox row) has one small task that loops until its fate is
+settled. What Apple answers decides the row's next step (DESIGN.md's table): 5xx
+backs off per row, 429 per token, 410 suppresses the token. No answer at all is a
+fact about the connection, so it goes to the environment's :class:`Link`, whose
+one reconnect loop probes Apple while the rows wait; a new ring for a phone that
+still has an undelivered push of the same button collapses into it ("3 rings at
+Front door"), so an outage leaves one push per phone and button, not a pile.
 """
 
 from __future__ import annotations
@@ -13,23 +16,28 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from edgebell.apns.model import Environment, Outcome, PushRequest, PushResult
-from edgebell.backoff import Backoff, full_jitter
+from edgebell.backoff import full_jitter
+from edgebell.outbox.ledger import INTERIM_REPORT_AFTER, DeliveryReport, Ledger
+from edgebell.outbox.link import Link, LinkState, Ticket
 from edgebell.outbox.store import OutboxStore, Suppressed
 from edgebell.privacy import short_token
 from edgebell.rings import Fate, Notification
 from edgebell.tokens import Suppression, TokenBook
 
+__all__ = ["DeliveryReport", "Dispatcher", "Feedback", "OutboxStatus", "Sender"]
+
 log = logging.getLogger(__name__)
 
-# A ring whose pushes are not all settled after this long gets an interim report.
-INTERIM_REPORT_AFTER = 30.0
 # Answers that prove Apple took our credentials.
 _ACCEPTED = frozenset({Outcome.DELIVERED, Outcome.TOKEN_DEAD, Outcome.FAILED})
+
+Collapse = Callable[[Notification, Notification], Notification]
+"""``(older, newer) -> older standing for both``: the notifier's collapsed push."""
 
 
 class Sender(Protocol):
@@ -52,53 +60,34 @@ class Feedback:
 
 
 @dataclass(frozen=True, slots=True)
-class DeliveryReport:
-    """A ring's fan-out so far: published on ``P/delivery``."""
-
-    ring_id: str
-    delivered: int
-    failed: int
-    queued: int
-    expired: int
-    removed: int
-    final: bool
-
-
-@dataclass(frozen=True, slots=True)
 class OutboxStatus:
     pending: int
     oldest_age_s: float | None
     in_flight: int
     expired: int
     auth_problem: str | None
-    links: dict[str, bool]
+    links: dict[str, bool]  # environment -> Apple answers (False: down or probing)
+    collapsed: int = 0  # rings folded into an earlier undelivered push of the same button
+    resent: int = 0  # pushes sent again after a transport failure (GOAWAY, reset, timeout)
 
 
-@dataclass(slots=True)
-class _Ledger:
-    total: int
-    counts: dict[Fate, int] = field(default_factory=lambda: dict.fromkeys(Fate, 0))
-    interim: asyncio.TimerHandle | None = None
-
-    @property
-    def settled(self) -> int:
-        return sum(self.counts.values())
-
-
-class _Link:
-    """Whether an environment's connection to Apple is believed to work."""
-
-    def __init__(self) -> None:
-        self.up = asyncio.Event()
-        self.up.set()
-        self.reconnecting: asyncio.Task[None] | None = None
-
-
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class _Row:
     notification: Notification
+    urgent: bool  # a fresh ring: first in line when the link comes back
+    attempts: int = 0
+    failures: int = 0  # Apple's 5xx answers so far: the row's own backoff
+    renewed: bool = False  # retried once already after ExpiredProviderToken
+    not_before: float = 0.0
+    on_wire: bool = False
+    settled: bool = False
+    rides: list[str] = field(default_factory=list)  # ring ids collapsed into this push
     task: asyncio.Task[None] | None = None
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.notification.token, self.notification.button
 
 
 class Dispatcher:
@@ -113,6 +102,7 @@ class Dispatcher:
         topic: str,
         retry_min: float,
         retry_max: float,
+        collapse: Collapse | None = None,
         on_feedback: Callable[[Feedback], None] = lambda _: None,
         on_report: Callable[[DeliveryReport], None] = lambda _: None,
         clock: Callable[[], float] = time.time,
@@ -125,43 +115,51 @@ class Dispatcher:
         self._topic = topic
         self._retry_min = retry_min
         self._retry_max = retry_max
+        self._collapse = collapse
         self._on_feedback = on_feedback
-        self._on_report = on_report
         self._clock = clock
         self._rng = rng or random.Random()
-        self._interim_after = interim_after
+        self._ledger = Ledger(on_report, interim_after=interim_after)
         self._rows: dict[str, _Row] = {}
-        self._ledgers: dict[str, _Ledger] = {}
-        self._links: dict[str, _Link] = {}
+        self._keyed: dict[tuple[str, str], list[_Row]] = {}  # per (token, button), oldest first
+        self._links: dict[str, Link] = {}
         self._token_backoff: dict[str, tuple[int, float]] = {}
         self._in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
         self._closing = False
         self.expired_total = 0
+        self.collapsed_total = 0
+        self.resent_total = 0
         self.auth_problem: str | None = None
 
     # -- intake ------------------------------------------------------------------
 
     def submit(self, notifications: Sequence[Notification], *, persist: bool = True) -> None:
         """Start delivering a ring's notifications now; the disk write happens behind."""
-        if not notifications:
-            return
-        if persist:
-            self._store.add(notifications)
+        fresh: list[_Row] = []
         for n in notifications:
-            ledger = self._ledgers.get(n.ring_id)
-            if ledger is None:
-                ledger = self._ledgers[n.ring_id] = _Ledger(total=0)
-                loop = asyncio.get_running_loop()
-                ledger.interim = loop.call_later(self._interim_after, self._interim, n.ring_id)
-            ledger.total += 1
-            row = self._rows[n.apns_id] = _Row(n)
-            row.task = asyncio.create_task(self._run(row), name=f"push {n.apns_id[:8]}")
+            self._ledger.expect(n.ring_id)
+            target = self._collapse_target(n)
+            if target is not None:
+                self._absorb(target, n, stored=not persist)
+                continue
+            row = _Row(n, urgent=persist, attempts=n.attempts)
+            self._rows[n.apns_id] = row
+            self._keyed.setdefault(row.key, []).append(row)
+            fresh.append(row)
+        if persist and fresh:
+            self._store.add([row.notification for row in fresh])
+        for row in fresh:
+            row.task = asyncio.create_task(self._run(row), name=f"push {row.notification.apns_id}")
 
     def resume(self, notifications: Iterable[Notification]) -> None:
-        """Take over rows found in the database at start (already persisted)."""
-        self.submit(list(notifications), persist=False)
+        """Take over rows found in the database at start (already persisted), oldest first."""
+        self.submit(sorted(notifications, key=lambda n: n.created_at), persist=False)
+
+    def open_ring(self, ring_id: str) -> None:
+        """A ring with nobody to notify still gets its (empty, final) delivery report."""
+        self._ledger.empty_ring(ring_id)
 
     def purge_inactive(self) -> None:
         """Wake every row so that rows whose token left the list are dropped at once."""
@@ -169,39 +167,150 @@ class Dispatcher:
             if not self._tokens.is_active(row.notification.token):
                 row.wake.set()
 
+    def connect_failed(self, env: Environment, detail: str) -> None:
+        """Apple could not be reached outside a push (at start): the link starts down."""
+        self._link(env.value).connect_failed(detail)
+
+    # -- offline collapse ----------------------------------------------------------------
+
+    def _waiting(self, key: tuple[str, str], env: str) -> list[_Row]:
+        """The rows of one phone and button that may collapse: not on the wire, not doomed.
+
+        One on the wire may be on the phone right now, so it stays as it is (a later ring
+        joins it only if that attempt fails, see _fold); an expired one must not come back.
+        """
+        return [
+            row
+            for row in self._keyed.get(key, ())
+            if not row.on_wire
+            and not row.settled
+            and row.notification.env == env
+            and self._doomed(row.notification) is None
+        ]
+
+    def _collapse_target(self, n: Notification) -> _Row | None:
+        if self._collapse is None:
+            return None
+        waiting = self._waiting((n.token, n.button), n.env)
+        return waiting[0] if waiting else None
+
+    def _absorb(self, target: _Row, n: Notification, *, stored: bool) -> None:
+        assert self._collapse is not None
+        merged = self._collapse(target.notification, n)
+        target.notification = merged
+        target.rides.append(n.ring_id)
+        self._store.collapse(merged)
+        if stored:
+            self._store.remove([n.apns_id])
+        self.collapsed_total += n.rings
+        log.info(
+            "ring %s for %s collapsed into the waiting push of ring %s (%d rings)",
+            n.ring_id[:8],
+            short_token(n.token),
+            merged.ring_id[:8],
+            merged.rings,
+        )
+        # The newest ring must not wait out the older push's backoff: it goes now (or first).
+        target.urgent = True
+        target.not_before = 0.0
+        target.wake.set()
+
     # -- one row's life ------------------------------------------------------------
 
     async def _run(self, row: _Row) -> None:
-        n = row.notification
-        attempts = n.attempts
-        renewed = False
         try:
-            while not self._closing:
+            while not self._closing and not row.settled:
+                n = row.notification
                 fate = self._doomed(n)
                 if fate is not None:
                     self._settle(row, fate)
                     return
+                now = self._clock()
+                not_before = max(row.not_before, self._token_backoff.get(n.token, (0, 0.0))[1])
+                if not_before > now:
+                    await self._sleep(row, not_before - now, until=n.expires_at)
+                    continue
                 link = self._link(n.env)
-                if not link.up.is_set():
-                    await self._wait(row, link.up.wait(), until=n.expires_at)
-                    continue
-                not_before = self._token_backoff.get(n.token, (0, 0.0))[1]
-                if not_before > self._clock():
-                    await self._sleep(row, not_before - self._clock(), until=n.expires_at)
-                    continue
-                result = await self._send(n)
-                attempts += 1
-                delay = self._handle(row, result, attempts, renewed)
-                if delay is None:
-                    return
-                renewed = result.outcome is Outcome.AUTH_RENEW
-                self._store.set_attempts(n.apns_id, attempts)
-                if delay > 0:
-                    await self._sleep(row, delay, until=n.expires_at)
+                ticket = link.ticket(urgent=row.urgent)
+                sent = False
+                try:
+                    if not ticket.done():
+                        await self._await_ticket(row, ticket, until=n.expires_at)
+                        if not ticket.done() or ticket.cancelled():
+                            continue  # woken or expired: look again
+                    n = row.notification  # it may stand for more rings by now
+                    if self._closing or row.settled or self._doomed(n) is not None:
+                        continue
+                    sent = True
+                    await self._attempt(row, n, link, probe=ticket.result())
+                finally:
+                    if not sent:
+                        link.give_back(ticket)  # a probe nobody sends would block the link
         except asyncio.CancelledError:
             # Shutdown: the row stays in the database for the next start.
-            self._rows.pop(n.apns_id, None)
+            self._forget(row)
             raise
+
+    async def _attempt(self, row: _Row, n: Notification, link: Link, *, probe: bool) -> None:
+        row.urgent = False
+        row.on_wire = True
+        try:
+            result = await self._send(n)
+        except Exception:
+            # A bug, not an answer: keep the row (and the link's probe slot) alive.
+            log.exception("sending the push to %s failed unexpectedly", short_token(n.token))
+            link.inconclusive(probe=probe)
+            row.failures += 1
+            row.not_before = self._clock() + self._delay(row.failures)
+            return
+        finally:
+            row.on_wire = False
+        row.attempts += 1
+        if result.outcome is Outcome.TRANSPORT:
+            link.failed(result.detail or "no answer", probe=probe)
+            if not self._closing:
+                self.resent_total += 1
+        elif result.status is None:
+            link.inconclusive(probe=probe)
+        else:
+            link.answered(probe=probe)
+        delay = self._handle(row, n, result)
+        if delay is None:
+            return
+        self._store.set_attempts(n.apns_id, row.attempts)
+        row.not_before = self._clock() + delay if delay > 0 else 0.0
+        self._fold(row)
+
+    def _fold(self, row: _Row) -> None:
+        """Back from an attempt that failed: the phone's other waiting pushes of this button
+        (rings that came while it was on the wire) become one with the oldest."""
+        if self._collapse is None:
+            return
+        waiting = self._waiting(row.key, row.notification.env)
+        if len(waiting) < 2:
+            return
+        target = waiting[0]
+        for other in waiting[1:]:
+            merged = self._collapse(target.notification, other.notification)
+            target.notification = merged
+            target.rides += [other.notification.ring_id, *other.rides]
+            other.settled = True  # its task sees this and ends; its rings ride on the target
+            self._forget(other)
+            other.wake.set()
+            self._store.collapse(merged)
+            self._store.remove([other.notification.apns_id])
+            self.collapsed_total += other.notification.rings
+            if other.urgent:  # a ring never tried yet goes now, as it would have on its own
+                target.urgent = True
+                target.not_before = 0.0
+                target.wake.set()
+        log.info(
+            "%d waiting pushes to %s for %s are now one (%d rings)",
+            len(waiting),
+            short_token(row.notification.token),
+            row.notification.button,
+            target.notification.rings,
+        )
 
     def _doomed(self, n: Notification) -> Fate | None:
         if not self._tokens.is_active(n.token):
@@ -229,9 +338,8 @@ class Dispatcher:
             if self._in_flight == 0:
                 self._idle.set()
 
-    def _handle(self, row: _Row, result: PushResult, attempts: int, renewed: bool) -> float | None:
+    def _handle(self, row: _Row, n: Notification, result: PushResult) -> float | None:
         """Act on Apple's answer; the delay before the next attempt, or None when settled."""
-        n = row.notification
         outcome = result.outcome
         if self.auth_problem is not None and outcome in _ACCEPTED:
             log.warning("APNs accepts our credentials again")
@@ -246,33 +354,32 @@ class Dispatcher:
             return None
         if outcome is Outcome.FAILED:
             log.error(
-                "APNs refused the push to %s for ring %s for good: %s %s",
+                "APNs refused the push to %s for ring %s for good: %s",
                 short_token(n.token),
                 n.ring_id[:8],
-                result.status,
-                result.reason,
+                result.detail or f"{result.status} {result.reason}",
             )
             self._settle(row, Fate.FAILED)
             return None
         if outcome is Outcome.TRANSPORT:
-            if result.unprocessed and attempts <= 3:
-                return 0.0  # Apple never saw it: resend at once on a fresh connection
-            self._link_down(Environment(n.env), result.detail or "connection failed")
-            return 0.0
+            return 0.0  # the link decides when to go again; this row waits for it
         if outcome is Outcome.RETRY_TOKEN:
             count = self._token_backoff.get(n.token, (0, 0.0))[0] + 1
             delay = self._delay(count)
             self._token_backoff[n.token] = (count, self._clock() + delay)
             return delay
-        if outcome is Outcome.AUTH_RENEW and not renewed:
-            return 0.0  # the client has minted a new JWT; try once more straight away
+        if outcome is Outcome.AUTH_RENEW and not row.renewed:
+            row.renewed = True
+            return 0.0  # the client has made a new JWT: once more straight away, then wait
         if outcome is Outcome.AUTH_REFUSED:
             problem = f"APNs refused our credentials: {result.status} {result.reason}"
             if self.auth_problem != problem:
                 log.error("%s; pushes stay queued until the configuration is fixed", problem)
             self.auth_problem = problem
             return self._retry_max
-        return self._delay(attempts)
+        # 5xx, a JWT still refused after renewing, too many JWT updates: back off this row.
+        row.failures += 1
+        return self._delay(row.failures)
 
     def _dead_token(self, n: Notification, result: PushResult) -> None:
         status = result.status or 0
@@ -282,6 +389,7 @@ class Dispatcher:
         )
         self._tokens.suppress(n.token, Suppression(status, reason, stamp))
         self._store.suppress(Suppressed(n.token, status, reason, stamp))
+        self._token_backoff.pop(n.token, None)
         log.warning(
             "APNs says token %s is dead (%s %s): no more pushes to it",
             short_token(n.token),
@@ -297,107 +405,69 @@ class Dispatcher:
     # -- waiting ---------------------------------------------------------------------
 
     async def _sleep(self, row: _Row, delay: float, *, until: float) -> None:
+        """Sleep ``delay`` (never past the row's expiry) unless the row is woken."""
         delay = max(0.0, min(delay, until - self._clock()))
-        await self._wait(row, asyncio.sleep(delay), until=until)
-
-    async def _wait(self, row: _Row, awaitable: Awaitable[object], *, until: float) -> None:
-        """Wait for ``awaitable``, the row's wake-up call or its expiry, whichever comes first."""
         row.wake.clear()
-        waiter = asyncio.ensure_future(awaitable)
-        woken = asyncio.ensure_future(row.wake.wait())
-        timeout = max(0.0, until - self._clock())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(row.wake.wait(), delay)
+
+    async def _await_ticket(self, row: _Row, ticket: Ticket, *, until: float) -> None:
+        """Wait for the link to let the row send, its wake-up call or its expiry."""
+        row.wake.clear()
+        woken: asyncio.Future[object] = asyncio.ensure_future(row.wake.wait())
+        waited: set[asyncio.Future[object]] = {ticket, woken}  # type: ignore[arg-type]
         try:
-            await asyncio.wait({waiter, woken}, timeout=timeout, return_when="FIRST_COMPLETED")
+            await asyncio.wait(
+                waited,
+                timeout=max(0.0, until - self._clock()),
+                return_when=asyncio.FIRST_COMPLETED,
+            )
         finally:
-            for f in (waiter, woken):
-                if not f.done():
-                    f.cancel()
+            woken.cancel()
 
     # -- links ---------------------------------------------------------------------------
 
-    def _link(self, env: str) -> _Link:
+    def _link(self, env: str) -> Link:
         link = self._links.get(env)
         if link is None:
-            link = self._links[env] = _Link()
-        return link
+            environment = Environment(env)
 
-    def _link_down(self, env: Environment, detail: str) -> None:
-        link = self._link(env)
-        if not link.up.is_set() or self._closing:
-            return
-        link.up.clear()
-        log.warning("APNs %s unreachable (%s): pushes wait and retry", env.value, detail)
-        link.reconnecting = asyncio.create_task(self._reconnect(env, link), name=f"apns-{env}")
+            async def connect() -> None:
+                await self._sender.connect(environment)
+
+            link = self._links[env] = Link(env, connect=connect, delay=self._delay)
+        return link
 
     def _delay(self, attempt: int) -> float:
         return full_jitter(attempt, self._retry_min, self._retry_max, self._rng.random)
 
-    async def _reconnect(self, env: Environment, link: _Link) -> None:
-        backoff = Backoff(self._retry_min, self._retry_max, self._rng.random)
-        while True:
-            await asyncio.sleep(backoff.next())
-            try:
-                await self._sender.connect(env)
-            except Exception as exc:
-                log.debug("APNs %s still unreachable: %s", env.value, exc)
-                continue
-            log.info("APNs %s reachable again: sending what waited", env.value)
-            link.up.set()
-            return
-
-    # -- settling and reporting ------------------------------------------------------------
+    # -- settling ------------------------------------------------------------------------
 
     def _settle(self, row: _Row, fate: Fate) -> None:
         n = row.notification
-        self._rows.pop(n.apns_id, None)
+        row.settled = True
+        self._forget(row)
         self._store.remove([n.apns_id])
         if fate is Fate.EXPIRED:
-            self.expired_total += 1
+            self.expired_total += row.notification.rings
             log.warning(
-                "push to %s for ring %s expired undelivered", short_token(n.token), n.ring_id[:8]
+                "push to %s for ring %s expired undelivered%s",
+                short_token(n.token),
+                n.ring_id[:8],
+                f" ({n.rings} rings)" if n.rings > 1 else "",
             )
-        ledger = self._ledgers.get(n.ring_id)
-        if ledger is None:
-            return
-        ledger.counts[fate] += 1
-        if ledger.settled >= ledger.total:
-            if ledger.interim is not None:
-                ledger.interim.cancel()
-            del self._ledgers[n.ring_id]
-            self._report(n.ring_id, ledger, final=True)
+        for ring_id in (n.ring_id, *row.rides):
+            self._ledger.record(ring_id, fate)
 
-    def open_ring(self, ring_id: str) -> None:
-        """A ring with nobody to notify still gets its (empty, final) delivery report."""
-        self._on_report(DeliveryReport(ring_id, 0, 0, 0, 0, 0, final=True))
-
-    def _interim(self, ring_id: str) -> None:
-        ledger = self._ledgers.get(ring_id)
-        if ledger is not None:
-            ledger.interim = None
-            self._report(ring_id, ledger, final=False)
-
-    def _report(self, ring_id: str, ledger: _Ledger, *, final: bool) -> None:
-        c = ledger.counts
-        report = DeliveryReport(
-            ring_id=ring_id,
-            delivered=c[Fate.DELIVERED],
-            failed=c[Fate.FAILED],
-            queued=ledger.total - ledger.settled,
-            expired=c[Fate.EXPIRED],
-            removed=c[Fate.REMOVED],
-            final=final,
-        )
-        log.info(
-            "ring %s: %d delivered, %d failed, %d queued, %d expired, %d removed%s",
-            ring_id[:8],
-            report.delivered,
-            report.failed,
-            report.queued,
-            report.expired,
-            report.removed,
-            "" if final else " (still trying)",
-        )
-        self._on_report(report)
+    def _forget(self, row: _Row) -> None:
+        n = row.notification
+        self._rows.pop(n.apns_id, None)
+        same = self._keyed.get(row.key)
+        if same is not None:
+            if row in same:
+                same.remove(row)
+            if not same:
+                del self._keyed[row.key]
 
     # -- status and shutdown -----------------------------------------------------------------
 
@@ -410,7 +480,9 @@ class Dispatcher:
             in_flight=self._in_flight,
             expired=self.expired_total,
             auth_problem=self.auth_problem,
-            links={env: link.up.is_set() for env, link in self._links.items()},
+            links={env: link.state is LinkState.UP for env, link in self._links.items()},
+            collapsed=self.collapsed_total,
+            resent=self.resent_total,
         )
 
     async def drain(self, timeout: float) -> None:  # noqa: ASYNC109 - a grace period, not a deadline
@@ -419,10 +491,9 @@ class Dispatcher:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), timeout)
         tasks = [r.task for r in self._rows.values() if r.task is not None]
-        tasks += [link.reconnecting for link in self._links.values() if link.reconnecting]
-        for ledger in self._ledgers.values():
-            if ledger.interim is not None:
-                ledger.interim.cancel()
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        for link in self._links.values():
+            await link.close()
+        self._ledger.close()

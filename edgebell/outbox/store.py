@@ -25,7 +25,7 @@ from edgebell.rings import Notification
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: notifications.rings, last_ring_id, last_at (offline collapse)
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS notifications (
     apns_id     TEXT PRIMARY KEY,
@@ -38,7 +38,10 @@ CREATE TABLE IF NOT EXISTS notifications (
     created_at  REAL NOT NULL,
     expires_at  REAL NOT NULL,
     attempts    INTEGER NOT NULL DEFAULT 0,
-    ver         INTEGER
+    ver         INTEGER,
+    rings       INTEGER NOT NULL DEFAULT 1,
+    last_ring_id TEXT,
+    last_at     REAL
 );
 CREATE INDEX IF NOT EXISTS notifications_token ON notifications(token);
 CREATE TABLE IF NOT EXISTS suppressed (
@@ -50,6 +53,11 @@ CREATE TABLE IF NOT EXISTS suppressed (
 CREATE TABLE IF NOT EXISTS kv (
     key   TEXT PRIMARY KEY,
     value BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS cloud_outgoing (
+    seq     INTEGER PRIMARY KEY,
+    topic   TEXT NOT NULL,
+    payload BLOB NOT NULL
 );
 """
 
@@ -118,6 +126,7 @@ class OutboxStore:
             if row is None or row[0] != "ok":
                 raise sqlite3.DatabaseError(f"integrity check failed: {row}")
             conn.executescript(_SCHEMA)
+            _migrate(conn)
             conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             if self._max_page_count is not None:
                 conn.execute(f"PRAGMA max_page_count={int(self._max_page_count)}")
@@ -169,7 +178,8 @@ class OutboxStore:
         conn = self._require_conn()
         rows = conn.execute(
             "SELECT apns_id, ring_id, button, token, env, collapse_id, payload, created_at,"
-            " expires_at, attempts, ver FROM notifications ORDER BY created_at, rowid"
+            " expires_at, attempts, ver, rings, last_ring_id, last_at FROM notifications"
+            " ORDER BY created_at, rowid"
         ).fetchall()
         return [
             Notification(
@@ -184,6 +194,9 @@ class OutboxStore:
                 expires_at=r[8],
                 attempts=r[9],
                 ver=r[10],
+                rings=r[11],
+                last_ring_id=r[12],
+                last_at=r[13],
             )
             for r in rows
         ]
@@ -197,6 +210,14 @@ class OutboxStore:
         conn = self._require_conn()
         row = conn.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
         return None if row is None else bytes(row[0])
+
+    def load_outgoing(self) -> list[tuple[int, str, bytes]]:
+        """Messages for the cloud the broker has not acknowledged: (seq, topic suffix, payload)."""
+        conn = self._require_conn()
+        rows = conn.execute(
+            "SELECT seq, topic, payload FROM cloud_outgoing ORDER BY seq"
+        ).fetchall()
+        return [(r[0], r[1], bytes(r[2])) for r in rows]
 
     def _require_conn(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -219,13 +240,19 @@ class OutboxStore:
                 n.expires_at,
                 n.attempts,
                 n.ver,
+                n.rings,
+                n.last_ring_id,
+                n.last_at,
             )
             for n in notifications
         ]
 
         def op(conn: sqlite3.Connection) -> None:
             conn.executemany(
-                "INSERT OR REPLACE INTO notifications VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows
+                "INSERT OR REPLACE INTO notifications (apns_id, ring_id, button, token, env,"
+                " collapse_id, payload, created_at, expires_at, attempts, ver, rings,"
+                " last_ring_id, last_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                rows,
             )
 
         self._submit(op)
@@ -254,6 +281,19 @@ class OutboxStore:
 
         self._submit(op)
 
+    def collapse(self, n: Notification) -> None:
+        """A row now stands for more rings: its payload, expiry and ring count change."""
+        values = (n.payload, n.expires_at, n.rings, n.last_ring_id, n.last_at, n.apns_id)
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "UPDATE notifications SET payload = ?, expires_at = ?, rings = ?,"
+                " last_ring_id = ?, last_at = ? WHERE apns_id = ?",
+                values,
+            )
+
+        self._submit(op)
+
     def suppress(self, item: Suppressed) -> None:
         def op(conn: sqlite3.Connection) -> None:
             conn.execute(
@@ -272,6 +312,22 @@ class OutboxStore:
     def put_value(self, key: str, value: bytes) -> None:
         def op(conn: sqlite3.Connection) -> None:
             conn.execute("INSERT OR REPLACE INTO kv VALUES (?, ?)", (key, value))
+
+        self._submit(op)
+
+    def add_outgoing(self, seq: int, topic: str, payload: bytes) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT OR REPLACE INTO cloud_outgoing VALUES (?, ?, ?)", (seq, topic, payload)
+            )
+
+        self._submit(op)
+
+    def remove_outgoing(self, seqs: Iterable[int]) -> None:
+        rows = [(s,) for s in seqs]
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.executemany("DELETE FROM cloud_outgoing WHERE seq = ?", rows)
 
         self._submit(op)
 
@@ -339,3 +395,16 @@ class OutboxStore:
             if self._last_error is not None:
                 log.warning("outbox database writes work again")
                 self._last_error = None
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Bring a database written by an older edgebell up to the current schema."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(notifications)")}
+    # Schema 1: every row stood for one ring.
+    for name, kind in (
+        ("rings", "INTEGER NOT NULL DEFAULT 1"),
+        ("last_ring_id", "TEXT"),
+        ("last_at", "REAL"),
+    ):
+        if name not in columns:
+            conn.execute(f"ALTER TABLE notifications ADD COLUMN {name} {kind}")

@@ -11,13 +11,16 @@ import struct
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import h2.config
 import h2.connection
 import h2.events
 import h2.exceptions
 import h2.settings
+import hpack
+import hpack.hpack
+import hpack.huffman_table
 from h2.errors import ErrorCodes
 from hyperframe.frame import Frame, GoAwayFrame, HeadersFrame, RstStreamFrame
 
@@ -35,6 +38,8 @@ _CONNECTION_WINDOW = 16 * 1024 * 1024
 _KEEP_BODY = MAX_VOIP_PAYLOAD + 1
 # Apple may put the error JSON in a GOAWAY's debug data when it ends a connection.
 _GOAWAY_DEBUG = b'{"reason":"Shutdown"}'
+# After GOAWAY: how long to keep reading (and dropping) what the client still sends.
+_LINGER = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +98,11 @@ class _H2Server(h2.connection.H2Connection):
     def __init__(self, config: h2.config.H2Configuration) -> None:
         super().__init__(config=config)
         self.open_ids: set[int] = set()
+        self.encoder = _ResponseEncoder()
+        decoder = _RequestDecoder()
+        decoder.max_header_list_size = self.decoder.max_header_list_size
+        decoder.max_allowed_table_size = self.decoder.max_allowed_table_size
+        self.decoder = decoder
 
     @property
     def open_inbound_streams(self) -> int:
@@ -117,6 +127,166 @@ class _H2Server(h2.connection.H2Connection):
         # At frame time too: a reset followed by a new stream in one read is legal.
         self.open_ids.discard(frame.stream_id)
         return super()._receive_rst_stream_frame(frame)
+
+
+class _RequestDecoder(hpack.Decoder):
+    """hpack's decoder as one tight loop, with Huffman-coded strings memoised.
+
+    hpack decodes each header through several calls, each with a debug log call, which
+    made HPACK the stand-in's largest cost per request after h2's own bookkeeping. This
+    loop decodes exactly the same representations (RFC 7541 section 6) with the same
+    errors and limits. Decoding Huffman in Python is slow, and some clients send long
+    values Huffman-coded on every request without indexing them (nghttp2 never indexes
+    ``authorization``, the provider JWT), so the few distinct strings seen are memoised.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._huffman: dict[bytes, bytes] = {}
+
+    def decode(self, data: bytes, raw: bool = False) -> Any:
+        if not raw:
+            return super().decode(data, raw)  # h2 always asks for raw bytes
+        data = bytes(data)
+        view = memoryview(data)
+        table = self.header_table
+        headers: list[hpack.HeaderTuple] = []
+        inflated = 0
+        i, end = 0, len(data)
+        while i < end:
+            first = data[i]
+            if first & 0x80:  # indexed field
+                index, i = _prefixed(data, view, i, 7)
+                header = hpack.HeaderTuple(*table.get_by_index(index))
+            elif first & 0x40 or not first & 0x20:  # a literal, indexed or not
+                add = bool(first & 0x40)
+                index, i = _prefixed(data, view, i, 6 if add else 4)
+                if index:
+                    name = table.get_by_index(index)[0]
+                else:
+                    name, i = self._string(data, view, i)
+                value, i = self._string(data, view, i)
+                if not add and first & 0x10:
+                    header = hpack.NeverIndexedHeaderTuple(name, value)
+                else:
+                    header = hpack.HeaderTuple(name, value)
+                if add:
+                    table.add(name, value)
+            else:  # dynamic table size update
+                if headers:
+                    raise hpack.HPACKDecodingError(
+                        "Table size update not at the start of the block"
+                    )
+                size, i = _prefixed(data, view, i, 5)
+                if size > self.max_allowed_table_size:
+                    raise hpack.InvalidTableSizeError("Encoder exceeded max allowable table size")
+                self.header_table_size = size
+                continue
+            headers.append(header)
+            inflated += 32 + len(header[0]) + len(header[1])
+            if inflated > self.max_header_list_size:
+                raise hpack.OversizedHeaderListError(
+                    f"A header list larger than {self.max_header_list_size} has been received"
+                )
+        self._assert_valid_table_size()
+        return headers
+
+    def _string(self, data: bytes, view: memoryview, i: int) -> tuple[bytes, int]:
+        if i >= len(data):
+            raise hpack.HPACKDecodingError("Truncated header block")
+        huffman = data[i] & 0x80
+        length, i = _prefixed(data, view, i, 7)
+        value = data[i : i + length]
+        if len(value) != length:
+            raise hpack.HPACKDecodingError("Truncated header block")
+        if huffman:
+            decoded = self._huffman.get(value)
+            if decoded is None:
+                decoded = hpack.huffman_table.decode_huffman(value)
+                if len(self._huffman) >= _HUFFMAN_MEMO_LIMIT:
+                    self._huffman.clear()
+                self._huffman[value] = decoded
+            value = decoded
+        return value, i + length
+
+
+def _prefixed(data: bytes, view: memoryview, i: int, bits: int) -> tuple[int, int]:
+    """The integer with a ``bits``-bit prefix at ``data[i]`` and the index after it."""
+    mask = (1 << bits) - 1
+    value = data[i] & mask
+    if value < mask:
+        return value, i + 1
+    value, consumed = hpack.hpack.decode_integer(view[i:], bits)
+    return value, i + consumed
+
+
+_HUFFMAN_MEMO_LIMIT = 256
+
+
+class _ResponseEncoder(hpack.Encoder):
+    """hpack's encoder, with the header block of the repeated response headers memoised.
+
+    Encoding header by header in Python was the stand-in's largest cost after parsing:
+    every answer repeats ``:status`` (and, for errors, the content headers) and differs
+    only in ``apns-id``/``apns-unique-id``. Those go out as raw never-indexed literals (so
+    the dynamic table stays as it is); the rest goes through hpack, and once encoding it
+    leaves the table unchanged, the same bytes are reused until the table changes.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._memo: dict[tuple[tuple[bytes, bytes], ...], bytes] = {}
+
+    def encode(self, headers: Any, huffman: bool = True) -> bytes:
+        pairs = [(_as_bytes(h[0]), _as_bytes(h[1])) for h in headers]
+        if self.header_table.resized:
+            # The size update must open the block: let hpack encode all of it, this once.
+            self._memo.clear()
+            return super().encode(
+                [hpack.NeverIndexedHeaderTuple(*h) if h[0] in _FRESH else h for h in pairs],
+                huffman,
+            )
+        shared = []
+        fresh = b""
+        for name, value in pairs:
+            if name in _FRESH:
+                size = len(value)
+                fresh += _FRESH[name] + _integer(size, 7, 0) + value
+            else:
+                shared.append((name, value))
+        key = tuple(shared)
+        block = self._memo.get(key)
+        if block is None:
+            entries = self.header_table.dynamic_entries
+            newest, count = (entries[0] if entries else None), len(entries)
+            block = super().encode(shared, huffman)
+            if (entries[0] if entries else None) is newest and len(entries) == count:
+                if len(self._memo) >= _MEMO_LIMIT:
+                    self._memo.clear()
+                self._memo[key] = block  # all indexed: valid while the table stays as it is
+            else:
+                self._memo.clear()  # the table changed: earlier blocks' indices are stale
+        # The shared block holds :status, which must come first.
+        return block + fresh
+
+
+def _as_bytes(value: str | bytes) -> bytes:
+    return value.encode() if isinstance(value, str) else value
+
+
+def _integer(value: int, prefix_bits: int, flags: int) -> bytes:
+    encoded = hpack.hpack.encode_integer(value, prefix_bits)
+    encoded[0] |= flags
+    return bytes(encoded)
+
+
+def _never_indexed_name(name: bytes) -> bytes:
+    """The start of a never-indexed literal with a literal name (RFC 7541 section 6.2.3)."""
+    return b"\x10" + _integer(len(name), 7, 0) + name
+
+
+_FRESH = {name: _never_indexed_name(name) for name in (b"apns-id", b"apns-unique-id")}
+_MEMO_LIMIT = 16
 
 
 class _Stream:
@@ -310,8 +480,12 @@ class StandInConnection(asyncio.Protocol):
         conn = _H2Server(
             h2.config.H2Configuration(
                 client_side=False,
-                header_encoding="utf-8",
+                # Bytes: _on_request decodes the few it keeps, once (h2 would chain a generator).
+                header_encoding=None,
                 validate_inbound_headers=self._host.validate_headers,
+                # Our own fixed, lower-case response headers: h2's checks would only cost time.
+                validate_outbound_headers=False,
+                normalize_outbound_headers=False,
             )
         )
         # Set before the preface so the advertised limit is also the one enforced from
@@ -373,8 +547,8 @@ class StandInConnection(asyncio.Protocol):
         headers: dict[str, str] = {}
         duplicated = False
         for name, value in event.headers:
-            key = name if isinstance(name, str) else name.decode()
-            text = value if isinstance(value, str) else value.decode()
+            key = name.decode() if isinstance(name, bytes) else name
+            text = value.decode() if isinstance(value, bytes) else value
             if key == ":method":
                 method = text
             elif key == ":path":
@@ -497,7 +671,24 @@ class StandInConnection(asyncio.Protocol):
         if last is None or self._done:
             return
         if all(stream_id > last for stream_id in self._streams) and not self._bodies_waiting:
+            self._linger()
+
+    def _linger(self) -> None:
+        """Close after GOAWAY as a real front end does: close_notify and FIN, then drop what
+        the client still sends until it closes too. Closing with its late requests unread
+        would make the kernel send a TCP reset, which can destroy answers on their way."""
+        transport = self._transport
+        if transport is None or not transport.can_write_eof():
             self._close()
+            return
+        self._flush()
+        if self._tls is not None:
+            with contextlib.suppress(ssl.SSLError):
+                self._tls.unwrap()
+            self._write_tls()
+        self._done = True  # from now on data_received reads and drops
+        transport.write_eof()
+        asyncio.get_running_loop().call_later(_LINGER, transport.close)
 
 
 def _common_name(peer: Mapping[str, object] | None) -> str | None:
