@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -49,6 +49,9 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("test-push", parents=[common], help="push a test notification now")
     p.add_argument("--token", help="one device token (hex) instead of every authorised phone")
     p.add_argument("--json", action="store_true", help="print the outcomes as JSON")
+    from edgebell.cloud.cli import add_parser as add_cloud_parser
+
+    add_cloud_parser(sub)
     return parser
 
 
@@ -73,18 +76,22 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
 def _dispatch(args: argparse.Namespace, out: TextIO) -> int:
     from edgebell.config import check_config, load_config
 
-    config = load_config(args.config)
+    if args.command == "cloud":  # the cloud side's tools need no gateway config
+        from edgebell.cloud.cli import run as run_cloud_tool
+
+        return run_cloud_tool(args, out)
     command: str = args.command
-    if command == "check-config":
+    if command in ("check-config", "run"):
+        config = load_config(args.config)
+        if command == "run":
+            return _run(config)
         for warning in check_config(config):
             print(f"warning: {warning}", file=out)
         print(f"{config.source}: OK", file=out)
         return EXIT_OK
-    if command == "run":
-        return _run(config)
     from edgebell import control
 
-    sock = config.control_socket
+    sock = _control_socket(args.config)
     if command == "status":
         return _status(control.request(sock, {"cmd": "status"}, timeout=5.0), args.json, out)
     if command == "ring":
@@ -105,7 +112,37 @@ def _dispatch(args: argparse.Namespace, out: TextIO) -> int:
     raise AssertionError(command)
 
 
+# `control_socket: /run/edgebell/edgebell.sock` as written, for a file that no longer loads.
+_SOCKET_LINE = re.compile(r"""^control_socket:[ \t]*["']?([^"'#\s]+)""", re.MULTILINE)
+
+
+def _control_socket(path: Path | None) -> Path:
+    """The daemon's socket per the config; from a broken file, the best guess and a warning.
+
+    `edgebell status` matters most when something is wrong, a config file that a
+    reload refused included, so a bad file must not keep it from asking the daemon.
+    """
+    from edgebell.config import default_config_path, default_control_socket, load_config
+
+    try:
+        return load_config(path).control_socket
+    except ConfigError as exc:
+        source = path or default_config_path()
+        try:
+            text = source.read_text(errors="replace")
+        except OSError:
+            raise exc from None  # no file to guess from: the error says what is wrong
+        match = _SOCKET_LINE.search(text)
+        sock = Path(match.group(1)).expanduser() if match else default_control_socket()
+        sock = sock if sock.is_absolute() else source.absolute().parent / sock
+        print(f"edgebell: warning: {exc}", file=sys.stderr)
+        print(f"edgebell: asking the daemon on {sock} all the same", file=sys.stderr)
+        return sock
+
+
 def _run(config: Config) -> int:
+    import asyncio  # only the daemon needs it: client commands stay quick to start
+
     from edgebell.config import check_config
     from edgebell.daemon import Daemon
     from edgebell.logs import setup_logging
@@ -155,11 +192,18 @@ def _test_push(answer: dict[str, object], as_json: bool, out: TextIO) -> int:
 def _learn(sock: Path, out: TextIO) -> int:
     from edgebell import control
 
-    print("listening for buttons that are not configured yet; press one (Ctrl-C to stop)", file=out)
-    out.flush()
+    seen: set[str] = set()
     for message in control.stream(sock, {"cmd": "learn"}, timeout=None):
         if "listening" in message:
+            print(f"listening on {message['listening']} for buttons not configured yet;", file=out)
+            print("press each new button once (Ctrl-C to stop)", file=out)
+            if message.get("connected") is False:
+                print("warning: the receiver is not connected (see edgebell status)", file=out)
+            out.flush()
             continue
+        if message["match"] in seen:
+            continue  # a transmitter repeats its code several times per press
+        seen.add(message["match"])
         print(f"\n{message['at']}  {message['raw']}", file=out)
         print("  paste under buttons:", file=out)
         print("  - id: CHOOSE-AN-ID", file=out)

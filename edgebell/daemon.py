@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -16,13 +17,21 @@ from edgebell.apns.auth import ApnsAuth, CertificateAuth, DelegatedAuth, TokenAu
 from edgebell.apns.client import ApnsClient
 from edgebell.apns.model import Environment, PushRequest, PushResult
 from edgebell.buttons import Button, ButtonTracker, Verdict
+from edgebell.cloud.messages import ProviderToken
+from edgebell.cloud.sync import CloudSync
+from edgebell.cloud.tokenlist import TokenList
 from edgebell.config import (
     CertificateAuthConfig,
     Config,
     DelegatedAuthConfig,
     TokenAuthConfig,
+    check_config,
+    load_config,
 )
-from edgebell.control import JSON, ControlServer
+from edgebell.control import JSON
+from edgebell.control_server import ControlServer
+from edgebell.errors import ConfigError
+from edgebell.logs import set_level
 from edgebell.notifier import Notifier, Template
 from edgebell.outbox.dispatcher import DeliveryReport, Dispatcher, Feedback
 from edgebell.outbox.store import OutboxStore
@@ -30,16 +39,21 @@ from edgebell.privacy import short_token
 from edgebell.radio.events import BadFrame, Banner, Frame, RadioEvent
 from edgebell.radio.keys import match_snippet
 from edgebell.radio.serial import SerialReceiver
-from edgebell.rings import Ring, iso_time, new_id
+from edgebell.reload import adopt, differences
+from edgebell.rings import Notification, Ring, iso_time, new_id
 from edgebell.sdnotify import Notifier as SystemdNotifier
 from edgebell.secrets import read_passphrase, read_secret
-from edgebell.status import StatusReport, build_status
+from edgebell.status import ConfigState, StatusReport, build_status
 from edgebell.tokens import AuthorisedToken, Suppression, TokenBook
 
 log = logging.getLogger(__name__)
 
+OUTBOX_PAGE_SIZE = 4096  # SQLite's default page: outbox.max_size becomes a page count
+
 DRAIN_TIMEOUT = 5.0  # SIGTERM: how long pushes already on the wire may take to finish
 READY_GRACE = 10.0  # how long start-up waits for the receiver before reporting READY anyway
+STATUS_EVERY = 5.0  # how stale systemd's STATUS= line (systemctl status) may get
+CLOUD_STOP_TIMEOUT = 3.0  # SIGTERM: sending what waits for the cloud, then "offline"
 
 
 def make_auth(config: Config) -> ApnsAuth:
@@ -61,14 +75,27 @@ def make_auth(config: Config) -> ApnsAuth:
 class Daemon:
     """One running gateway. ``run()`` returns the process exit code."""
 
-    def __init__(self, config: Config, *, environ: Mapping[str, str] = os.environ) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        environ: Mapping[str, str] = os.environ,
+        ready_grace: float = READY_GRACE,
+    ) -> None:
         self.config = config
+        self.config_state = ConfigState(str(config.source), time.time())
+        self._environ = environ
+        self._ready_grace = ready_grace
         self.started_at = time.time()
         self._started_mono = time.monotonic()
         self._stop = asyncio.Event()
         self._systemd = SystemdNotifier(environ)
         self.tokens = TokenBook()
-        self.store = OutboxStore(config.state_dir / "outbox.sqlite3")
+        max_size = config.outbox.max_size
+        self.store = OutboxStore(
+            config.state_dir / "outbox.sqlite3",
+            max_page_count=None if max_size is None else max_size // OUTBOX_PAGE_SIZE,
+        )
         self.tracker = ButtonTracker(
             [Button(b.id, b.name, b.key) for b in config.buttons],
             debounce=config.radio.debounce,
@@ -76,7 +103,7 @@ class Daemon:
         )
         n = config.apns.notification
         self.notifier = Notifier(
-            Template(n.title, n.body, n.sound),
+            Template(n.title, n.body, n.sound, n.collapsed),
             expiration=config.apns.expiration,
             default_env=config.apns.environment,
         )
@@ -85,6 +112,8 @@ class Daemon:
         self.client: ApnsClient | None = None
         self.dispatcher: Dispatcher | None = None
         self.receiver: SerialReceiver | None = None
+        self.cloud: CloudSync | None = None
+        self._auth: ApnsAuth | None = None
         self.ready = False
 
     # -- lifecycle ------------------------------------------------------------------
@@ -93,9 +122,11 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
-        auth = make_auth(self.config)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        auth = self._auth = make_auth(self.config)
         self.store.open()
         self._load_tokens()
+        self._open_cloud()
         apns = self.config.apns
         async with ApnsClient(
             auth=auth,
@@ -113,10 +144,13 @@ class Daemon:
                 topic=apns.topic,
                 retry_min=apns.retry_min,
                 retry_max=apns.retry_max,
+                collapse=self._collapse,
                 on_feedback=self._on_feedback,
                 on_report=self._on_report,
             )
             self.store.start()
+            if self.cloud is not None:
+                self.cloud.start()
             control = ControlServer(
                 self.config.control_socket,
                 {
@@ -140,6 +174,9 @@ class Daemon:
                 backoff_max=radio.reconnect_max,
             )
             tasks = [asyncio.create_task(self.receiver.run(), name="radio")]
+            if self._systemd.enabled:
+                # Already while starting: STATUS= then says what start-up is waiting for.
+                tasks.append(asyncio.create_task(self._watchdog(), name="watchdog"))
             try:
                 await self._warm_up()
                 pending = self.store.load_pending()
@@ -147,8 +184,6 @@ class Daemon:
                     log.info("resuming %d undelivered notifications from the outbox", len(pending))
                 self.dispatcher.resume(pending)
                 self._announce_ready()
-                if self._systemd.watchdog_interval is not None:
-                    tasks.append(asyncio.create_task(self._watchdog(), name="watchdog"))
                 await self._stop.wait()
             finally:
                 self._systemd.stopping("draining in-flight pushes")
@@ -158,6 +193,8 @@ class Daemon:
                 await asyncio.gather(*tasks, return_exceptions=True)
                 await control.close()
                 await self.dispatcher.drain(DRAIN_TIMEOUT)
+                if self.cloud is not None:
+                    await self.cloud.stop(CLOUD_STOP_TIMEOUT)
                 self.store.close()
         log.info("stopped")
         self._systemd.close()
@@ -179,8 +216,10 @@ class Daemon:
         for env, result in zip(envs, results, strict=True):
             if isinstance(result, BaseException):
                 log.warning("APNs %s not reachable at start (%s): will retry", env.value, result)
+                assert self.dispatcher is not None
+                self.dispatcher.connect_failed(env, str(result))
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.receiver.wait_connected(), READY_GRACE)
+            await asyncio.wait_for(self.receiver.wait_connected(), self._ready_grace)
 
     def _announce_ready(self) -> None:
         self.ready = True
@@ -189,12 +228,13 @@ class Daemon:
         self._systemd.ready(report.summary)
 
     async def _watchdog(self) -> None:
-        """WATCHDOG=1 from a task: it stops when the event loop stops turning."""
-        interval = self._systemd.watchdog_interval
-        assert interval is not None
+        """WATCHDOG=1 and STATUS= from a task: the pings stop when the event loop stops turning."""
+        pings = self._systemd.watchdog_interval
+        interval = STATUS_EVERY if pings is None else min(pings, STATUS_EVERY)
         last_summary = ""
         while True:
-            self._systemd.watchdog()
+            if pings is not None:
+                self._systemd.watchdog()
             summary = self.status().summary
             if summary != last_summary:
                 self._systemd.status(summary)
@@ -202,16 +242,84 @@ class Daemon:
             await asyncio.sleep(interval)
 
     def _load_tokens(self) -> None:
-        default_env = self.config.apns.environment
-        self.tokens.replace(
-            [AuthorisedToken(t.token, t.env or default_env) for t in self.config.tokens], None
-        )
+        self._apply_static_tokens()
         self.tokens.restore_suppressed(
             {
                 s.token: Suppression(s.status, s.reason, s.timestamp_ms)
                 for s in self.store.load_suppressed()
             }
         )
+
+    def _apply_static_tokens(self) -> None:
+        """The config's ``tokens`` and the cloud's list into the book (start, reload, new list)."""
+        default_env = self.config.apns.environment
+        static = [AuthorisedToken(t.token, t.env or default_env) for t in self.config.tokens]
+        cloud_list = None if self.cloud is None else self.cloud.token_list
+        if cloud_list is None:
+            self.tokens.replace(static, None)
+        else:
+            # A token in both comes from the cloud's list: its buttons, its registered_at.
+            listed = {t.token for t in cloud_list.tokens}
+            merged = [t for t in static if t.token not in listed] + list(cloud_list.tokens)
+            self.tokens.replace(merged, cloud_list.ver)
+
+    # -- SIGHUP: reload the configuration ------------------------------------------------------
+
+    def reload(self) -> bool:
+        """Re-read the config file and apply what can change without dropping a connection.
+
+        A file that does not load or names a bad key file is refused: the running
+        configuration stays and ``status`` says so. Settings that need a restart are named
+        in the log and in ``status``. Returns whether the new file was taken.
+        """
+        if self.ready:  # while starting, systemd waits for the first READY=1 anyway
+            self._systemd.reloading(time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000)
+        source = self.config.source
+        try:
+            new = load_config(source, environ=self._environ)
+            warnings = check_config(new)
+        except ConfigError as exc:
+            self.config_state = dataclasses.replace(self.config_state, reload_error=str(exc))
+            log.error("reload refused, still running the previous configuration: %s", exc)
+            self._reloaded()
+            return False
+        for warning in warnings:
+            log.warning("%s", warning)
+        running = adopt(self.config, new)
+        applied = differences(self.config, running)
+        pending = differences(running, new)
+        self.config = running
+        self.tracker = self.tracker.reconfigured(
+            [Button(b.id, b.name, b.key) for b in running.buttons],
+            debounce=running.radio.debounce,
+            cooldown=running.radio.cooldown,
+        )
+        for b in running.buttons:
+            self.rings.setdefault(b.id, (None, 0))
+        n = running.apns.notification
+        self.notifier = Notifier(
+            Template(n.title, n.body, n.sound, n.collapsed),
+            expiration=running.apns.expiration,
+            default_env=running.apns.environment,
+        )
+        self._apply_static_tokens()
+        if self.dispatcher is not None:
+            self.dispatcher.purge_inactive()  # queued pushes to tokens no longer listed go
+        set_level(running.log_level)
+        self.config_state = ConfigState(str(source), time.time(), None, tuple(pending))
+        log.info(
+            "configuration reloaded from %s: %s",
+            source,
+            f"applied {', '.join(applied)}" if applied else "no change to apply",
+        )
+        if pending:
+            log.warning("changed, but applied only at the next restart: %s", ", ".join(pending))
+        self._reloaded()
+        return True
+
+    def _reloaded(self) -> None:
+        if self.ready:
+            self._systemd.ready(self.status().summary)  # READY=1 ends systemd's "reloading"
 
     # -- the ring path ------------------------------------------------------------------
 
@@ -236,6 +344,8 @@ class Daemon:
         tokens = self.tokens.for_button(button.id)
         notifications = self.notifier.fan_out(ring, tokens)
         self.dispatcher.submit(notifications)
+        if self.cloud is not None:
+            self.cloud.ring(ring)
         _, count = self.rings.get(button.id, (None, 0))
         self.rings[button.id] = (ring.at, count + 1)
         log.info(
@@ -252,10 +362,57 @@ class Daemon:
         return ring
 
     def _on_feedback(self, feedback: Feedback) -> None:
-        pass  # published to the cloud once the MQTT sync lands
+        if self.cloud is not None:
+            entry = self.tokens.get(feedback.token)
+            self.cloud.feedback(feedback, None if entry is None else entry.registered_at)
+
+    def _collapse(self, older: Notification, newer: Notification) -> Notification:
+        """One push for two rings of one button that waited for Apple (see Notifier.collapsed)."""
+        button = self.tracker.button(newer.button)
+        return self.notifier.collapsed(
+            older, newer, newer.button if button is None else button.name
+        )
 
     def _on_report(self, report: DeliveryReport) -> None:
-        pass  # published to the cloud once the MQTT sync lands
+        if self.cloud is not None:
+            self.cloud.delivery(report)
+
+    # -- the cloud (MQTT) ----------------------------------------------------------------------
+
+    def _open_cloud(self) -> None:
+        """The MQTT sync, with what it kept on disk (read before the store's writer starts)."""
+        if self.config.cloud is None:
+            return
+        self.cloud = CloudSync(
+            self.config.cloud,
+            gateway_id=self.config.gateway.id,
+            version=__version__,
+            started_at=self.started_at,
+            store=self.store,
+            hooks=self,
+            delegated=isinstance(self._auth, DelegatedAuth),
+        )
+        self.cloud.restore()
+
+    def token_list_changed(self, token_list: TokenList) -> None:
+        self._apply_static_tokens()
+        if self.dispatcher is not None:
+            self.dispatcher.purge_inactive()  # queued pushes to removed tokens are dropped now
+
+    def pending_pushes(self) -> int:
+        return 0 if self.dispatcher is None else self.dispatcher.status().pending
+
+    def use_provider_token(self, token: ProviderToken) -> bool:
+        if not isinstance(self._auth, DelegatedAuth):
+            return False
+        return self._auth.set_token(token.jwt, token.iat)
+
+    def ring_button(self, button: str) -> Ring | None:
+        """Ring ``button`` now, as ``edgebell ring`` does (no debounce, no cooldown)."""
+        press = self.tracker.ring_now(button, time.monotonic())
+        if press.button is None:
+            return None
+        return self.ring(press.button, press.presses, manual=True)
 
     # -- learn ----------------------------------------------------------------------------------
 
@@ -277,7 +434,8 @@ class Daemon:
         queue: asyncio.Queue[JSON] = asyncio.Queue()
         self._learners.add(queue)
         try:
-            yield {"ok": True, "listening": self.config.radio.port}
+            connected = self.receiver is not None and self.receiver.status().connected
+            yield {"ok": True, "listening": self.config.radio.port, "connected": connected}
             while True:
                 yield await queue.get()
         finally:
@@ -353,7 +511,8 @@ class Daemon:
             apns=self.client.status(),
             outbox=self.dispatcher.status(),
             store=self.store.health(),
-            cloud=None,
+            cloud=None if self.cloud is None else self.cloud.status(),
+            config=self.config_state,
         )
 
 

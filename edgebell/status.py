@@ -4,17 +4,30 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from edgebell.apns.client import ApnsStatus
-from edgebell.outbox.dispatcher import OutboxStatus
-from edgebell.outbox.store import StoreHealth
-from edgebell.radio.serial import RadioStatus
 from edgebell.rings import iso_time
-from edgebell.tokens import TokenBook
+
+if TYPE_CHECKING:
+    # Only types: `edgebell status` imports this module for render_human and must stay quick.
+    from edgebell.apns.client import ApnsStatus
+    from edgebell.outbox.dispatcher import OutboxStatus
+    from edgebell.outbox.store import StoreHealth
+    from edgebell.radio.serial import RadioStatus
+    from edgebell.tokens import TokenBook
 
 # A notification older than this still undelivered means pushes are not getting out.
 STUCK_AFTER_S = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigState:
+    """The configuration the daemon runs: its file, when it was read, what a reload left over."""
+
+    file: str
+    loaded_at: float
+    reload_error: str | None = None  # the last SIGHUP found the file broken: the old one runs
+    restart_needed: tuple[str, ...] = ()  # changed keys a reload cannot apply (radio.port ...)
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +42,9 @@ class StatusReport:
     @property
     def summary(self) -> str:
         """One line for systemd's STATUS= and the start-up log."""
+        if "starting" in self.problems:
+            waiting = [p for p in self.problems if p != "starting"]
+            return "starting" + (": " + "; ".join(waiting) if waiting else "")
         if self.problems:
             return "degraded: " + "; ".join(self.problems)
         return (
@@ -54,6 +70,7 @@ def build_status(
     outbox: OutboxStatus,
     store: StoreHealth,
     cloud: dict[str, Any] | None,
+    config: ConfigState | None = None,
 ) -> StatusReport:
     problems: list[str] = []
     if not radio.connected:
@@ -71,8 +88,17 @@ def build_status(
     active = len(tokens.active())
     if active == 0:
         problems.append("no phone to notify (empty token list)")
-    if cloud is not None and not cloud.get("connected"):
-        problems.append("cloud broker unreachable")
+    if cloud is not None:
+        # The cloud sync words its own problems (broker, ACL, delegated JWT).
+        cloud = dict(cloud)
+        problems += cloud.pop("problems", None) or (
+            [] if cloud.get("connected") else ["cloud broker unreachable"]
+        )
+    if config is not None and config.reload_error:
+        problems.append(
+            f"config file refused at reload, still running the previous one "
+            f"(a restart would fail): {config.reload_error}"
+        )
     if not ready:
         problems.append("starting")
     data: dict[str, Any] = {
@@ -113,8 +139,19 @@ def build_status(
             "oldest_age_s": None if outbox.oldest_age_s is None else round(outbox.oldest_age_s, 1),
             "in_flight": outbox.in_flight,
             "expired": outbox.expired,
+            "collapsed": outbox.collapsed,
+            "resent": outbox.resent,
             "store_ok": store.ok,
             "store_error": store.last_error,
+            "moved_aside": store.moved_aside,
+        },
+        "config": None
+        if config is None
+        else {
+            "file": config.file,
+            "loaded_at": iso_time(config.loaded_at),
+            "reload_error": config.reload_error,
+            "restart_needed": list(config.restart_needed),
         },
     }
     return StatusReport(data, tuple(problems))
@@ -135,7 +172,7 @@ def render_human(data: dict[str, Any]) -> str:
     lines += [
         "",
         f"receiver   {'connected' if radio['connected'] else 'NOT CONNECTED'} on {radio['port']}"
-        f"; {radio['frames']} frames, {radio['bad_frames']} bad"
+        f"; {_count(radio['frames'], 'frame')}, {radio['bad_frames']} bad"
         f"; last frame {radio['last_frame_at'] or 'never'}",
     ]
     for b in data["buttons"]:
@@ -156,13 +193,34 @@ def render_human(data: dict[str, Any]) -> str:
         f"outbox     {outbox['pending']} pending"
         + ("" if oldest is None else f", oldest {oldest:.0f} s")
         + f", {outbox['expired']} expired"
+        + (f", {outbox['collapsed']} collapsed" if outbox.get("collapsed") else "")
     )
+    if outbox.get("moved_aside"):
+        lines.append(f"           corrupt database moved aside at start: {outbox['moved_aside']}")
     if cloud is None:
         lines.append("cloud      not configured (static tokens)")
     else:
         state = "connected" if cloud.get("connected") else "NOT CONNECTED"
         lines.append(f"cloud      {state}; last sync {cloud.get('last_sync_at') or 'never'}")
+        if cloud.get("refused_lists") or cloud.get("outgoing_queued"):
+            lines.append(
+                f"           {cloud.get('refused_lists', 0)} token lists refused"
+                f" (last: {cloud.get('last_refusal') or '-'}),"
+                f" {cloud.get('outgoing_queued', 0)} messages waiting for the broker"
+            )
+    config = data.get("config")
+    if config:
+        lines.append(f"config     {config['file']}, loaded {config['loaded_at']}")
+        if config.get("restart_needed"):
+            lines.append(
+                "           changed, applied at the next restart: "
+                + ", ".join(config["restart_needed"])
+            )
     return "\n".join(lines)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def _duration(seconds: float) -> str:

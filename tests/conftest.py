@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 from fixtures_apns import apns_standin, apns_standin_thread, pki  # noqa: F401
+from fixtures_mqtt import cloud, cloud_gateway_files, mqtt_broker, mqtt_identities, signer  # noqa: F401
 from fixtures_radio import fake_receiver, rflink_receiver  # noqa: F401
+from fixtures_service import notify_socket  # noqa: F401
 
 from edgebell.testing.fake_receiver import FakeReceiver
 from edgebell.testing.gateway import KEY_ID, TEAM_ID, GatewayFiles, random_token, write_config

@@ -191,7 +191,7 @@ def test_example_check_names_first_missing_file_with_its_line() -> None:
     assert info.value.line == line
     assert info.value.key == "apns.auth.key_file"
     assert str(info.value).startswith(f"{EXAMPLE}:{line}: apns.auth.key_file: ")
-    assert "/etc/edgebell/AuthKey.p8 does not exist" in str(info.value)
+    assert f"{EXAMPLE.parent}/edgebell.apns.p8 does not exist" in str(info.value)
 
 
 def test_minimal_config_loads_with_defaults(write: Write, tmp_path: Path) -> None:
@@ -1072,3 +1072,35 @@ def test_warnings(write: Write, tmp_path: Path) -> None:
         f"{path}:6: radio.ping_interval: ignored: lines receivers do not answer pings",
     ]
     assert load(path).radio.ping_interval == 0
+
+
+def test_outbox_max_size_takes_bytes_or_units_and_refuses_tiny_or_bad_sizes(
+    write: Write,
+) -> None:
+    assert load(write(MINIMAL)).outbox.max_size is None
+    assert load(write(MINIMAL + "outbox: {max_size: 64MiB}\n")).outbox.max_size == 64 << 20
+    assert load(write(MINIMAL + "outbox: {max_size: 512KB}\n")).outbox.max_size == 512 << 10
+    assert load(write(MINIMAL + "outbox: {max_size: 1048576}\n")).outbox.max_size == 1 << 20
+    assert "outbox.max_size: must be at least 64KiB" in error_of(
+        write(MINIMAL + "outbox: {max_size: 1KiB}\n")
+    )
+    assert "outbox.max_size: 'lots' is not a size" in error_of(
+        write(MINIMAL + "outbox:\n  max_size: lots\n")
+    )
+
+
+def test_collapsed_notification_text_knows_rings_and_last_at(write: Write) -> None:
+    text = MINIMAL.replace(
+        "  environment: production\n",
+        "  environment: production\n"
+        '  notification: {collapsed: "{rings}x {button_name} ({last_at})"}\n',
+    )
+    assert load(write(text)).apns.notification.collapsed == "{rings}x {button_name} ({last_at})"
+    bad = text.replace("({last_at})", "({when})")
+    assert "apns.notification.collapsed: unknown placeholder {when}" in error_of(write(bad))
+    # {rings} means nothing in the body of a single ring's push.
+    single = MINIMAL.replace(
+        "  environment: production\n",
+        '  environment: production\n  notification: {body: "{rings} rings"}\n',
+    )
+    assert "apns.notification.body: unknown placeholder {rings}" in error_of(write(single))

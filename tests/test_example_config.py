@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -15,16 +16,18 @@ EXAMPLE = Path(__file__).parent.parent / "config" / "example.yaml"
 def test_example_passes_check_config_with_its_files_in_place(tmp_path: Path) -> None:
     etc = tmp_path / "etc"
     etc.mkdir()
-    # The files the example names under /etc/edgebell, generated here instead.
+    # Keys come as systemd credentials (bare names), the rest from /etc/edgebell: generated here.
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
     auth = make_apns_auth_key(tmp_path / "gen")
-    shutil.copy(auth.private_key, etc / "AuthKey.p8")
-    (etc / "AuthKey.p8").chmod(0o600)
+    shutil.copy(auth.private_key, credentials / "edgebell.apns.p8")
+    (credentials / "edgebell.apns.p8").chmod(0o600)
     ca = make_ca(tmp_path / "gen")
     shutil.copy(ca.cert, etc / "cloud-ca.pem")
     client = make_client_cert(ca, tmp_path / "gen", "gw-0001")
     shutil.copy(client.cert, etc / "gateway.crt")
-    shutil.copy(client.key, etc / "gateway.key")
-    (etc / "gateway.key").chmod(0o600)
+    shutil.copy(client.key, credentials / "edgebell.gateway.key")
+    (credentials / "edgebell.gateway.key").chmod(0o600)
     shutil.copy(make_ed25519_keypair(tmp_path / "gen").public_key, etc / "token-list.pub")
 
     config = tmp_path / "config.yaml"
@@ -35,6 +38,7 @@ def test_example_passes_check_config_with_its_files_in_place(tmp_path: Path) -> 
         text=True,
         timeout=30,
         check=False,
+        env={**os.environ, "CREDENTIALS_DIRECTORY": str(credentials)},
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"{config}: OK" in result.stdout
@@ -50,4 +54,4 @@ def test_example_without_its_files_names_the_first_missing_one() -> None:
     )
     assert result.returncode == 2
     assert "apns.auth.key_file" in result.stderr
-    assert "/etc/edgebell/AuthKey.p8" in result.stderr
+    assert "edgebell.apns.p8" in result.stderr

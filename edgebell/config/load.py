@@ -30,6 +30,7 @@ from edgebell.config.model import (
     GatewayConfig,
     LogLevel,
     NotificationConfig,
+    OutboxConfig,
     Protocol,
     RadioConfig,
     StaticToken,
@@ -53,6 +54,7 @@ TOP_KEYS = (
     "state_dir",
     "control_socket",
     "log_level",
+    "outbox",
 )
 RADIO_KEYS = (
     "port",
@@ -85,10 +87,26 @@ AUTH_KEYS: dict[str, tuple[str, ...]] = {
     "certificate": ("cert_file", "passphrase_file"),
     "delegated": (),
 }
-CLOUD_KEYS = ("url", "ca_file", "cert_file", "key_file", "topic_prefix", "token_list_key")
+CLOUD_KEYS = (
+    "url",
+    "ca_file",
+    "cert_file",
+    "key_file",
+    "topic_prefix",
+    "token_list_key",
+    "reconnect_min",
+    "reconnect_max",
+    "keepalive",
+    "connect_timeout",
+)
 ENVIRONMENTS = ("production", "sandbox")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 PLACEHOLDERS = ("button_name", "button", "presses")
+COLLAPSED_PLACEHOLDERS = (*PLACEHOLDERS, "rings", "last_at")
+# The outbox database needs a few pages for its tables; anything smaller could not hold a row.
+MIN_OUTBOX_SIZE = 64 * 1024
+_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmg]i?b?|b)?\s*", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
 
 DEFAULT_BAUDRATE: dict[str, int] = {"rflink": 57600, "rcswitch": 9600, "lines": 9600}
 # Apple wants a provider JWT refreshed after 20 and before 60 minutes; 55 leaves clock slack.
@@ -101,7 +119,13 @@ _BUTTON_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _APPLE_ID = re.compile(r"[A-Z0-9]{10}")
 _TOPIC = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _HEX = re.compile(r"[0-9a-fA-F]*")
-_SAMPLE = {"button_name": "Front door", "button": "front", "presses": 1}
+_SAMPLE = {
+    "button_name": "Front door",
+    "button": "front",
+    "presses": 1,
+    "rings": 3,
+    "last_at": "14:05",
+}
 
 
 def load_config(path: Path | None = None, *, environ: Mapping[str, str] = os.environ) -> Config:
@@ -178,6 +202,7 @@ class _Loader:
         state_node = top.get("state_dir")
         socket_node = top.get("control_socket")
         level_node = top.get("log_level")
+        outbox_node = top.get("outbox")
         return Config(
             source=source,
             gateway=gateway,
@@ -202,6 +227,7 @@ class _Loader:
                 if level_node is None
                 else self.doc.choice(level_node, "log_level", LOG_LEVELS),
             ),
+            outbox=OutboxConfig() if outbox_node is None else self.outbox(outbox_node),
             lines=MappingProxyType(dict(self.doc.lines)),
         )
 
@@ -402,7 +428,9 @@ class _Loader:
         return value
 
     def notification(self, node: yaml.Node) -> NotificationConfig:
-        fields = self.doc.mapping(node, "apns.notification", ("title", "body", "sound"))
+        fields = self.doc.mapping(
+            node, "apns.notification", ("title", "body", "sound", "collapsed")
+        )
         defaults = NotificationConfig()
         sound: str | None = defaults.sound
         if "sound" in fields:
@@ -413,18 +441,45 @@ class _Loader:
             title=self.template(fields, "title", defaults.title),
             body=self.template(fields, "body", defaults.body),
             sound=sound,
+            collapsed=self.template(
+                fields, "collapsed", defaults.collapsed, placeholders=COLLAPSED_PLACEHOLDERS
+            ),
         )
 
-    def template(self, fields: Fields, name: str, default: str) -> str:
+    def outbox(self, node: yaml.Node) -> OutboxConfig:
+        fields = self.doc.mapping(node, "outbox", ("max_size",))
+        size_node = fields.get("max_size")
+        if size_node is None:
+            return OutboxConfig()
+        key = fields.key("max_size")
+        text = self.doc.text(size_node, key)
+        match = _SIZE.fullmatch(text)
+        if match is None:
+            raise self.doc.error(
+                size_node, key, f"{text!r} is not a size; use bytes or e.g. 512KiB, 64MiB, 1GiB"
+            )
+        size = int(float(match.group(1)) * _SIZE_UNITS[(match.group(2) or "")[:1].lower()])
+        if size < MIN_OUTBOX_SIZE:
+            raise self.doc.error(size_node, key, "must be at least 64KiB")
+        return OutboxConfig(max_size=size)
+
+    def template(
+        self,
+        fields: Fields,
+        name: str,
+        default: str,
+        *,
+        placeholders: tuple[str, ...] = PLACEHOLDERS,
+    ) -> str:
         node = fields.get(name)
         if node is None:
             return default
         path = fields.key(name)
         text = self.doc.text(node, path)
-        allowed = ", ".join("{" + p + "}" for p in PLACEHOLDERS)
+        allowed = ", ".join("{" + p + "}" for p in placeholders)
         try:
             for _, field_name, _, _ in string.Formatter().parse(text):
-                if field_name is not None and field_name not in PLACEHOLDERS:
+                if field_name is not None and field_name not in placeholders:
                     shown = "{" + field_name + "}"
                     raise self.doc.error(
                         node,
@@ -458,6 +513,7 @@ class _Loader:
                     "cloud.topic_prefix",
                     "must be MQTT topic levels without wildcards (+, #) or a leading or trailing /",
                 )
+        reconnect_min, reconnect_max = self.backoff(fields, "reconnect", 1.0, 60.0)
         return CloudConfig(
             url=url,
             ca_file=self.file(fields.require("ca_file"), "cloud.ca_file"),
@@ -465,6 +521,10 @@ class _Loader:
             key_file=self.file(fields.require("key_file"), "cloud.key_file"),
             topic_prefix=prefix,
             token_list_key=self.file(fields.require("token_list_key"), "cloud.token_list_key"),
+            reconnect_min=reconnect_min,
+            reconnect_max=reconnect_max,
+            keepalive=self.duration(fields, "keepalive", 60.0, positive=True),
+            connect_timeout=self.duration(fields, "connect_timeout", 10.0, positive=True),
         )
 
     def tokens(self, node: yaml.Node | None) -> tuple[StaticToken, ...]:

@@ -93,6 +93,15 @@ class NotificationConfig:
     title: str = "Doorbell"
     body: str = "Someone is at the {button_name}"
     sound: str | None = "default"
+    # One push for rings that waited while Apple was unreachable; {rings} and {last_at} too.
+    collapsed: str = "{rings} rings at {button_name}, last at {last_at}"
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxConfig:
+    """The durable outbox: how large its database may grow (None: as the disk allows)."""
+
+    max_size: int | None = None  # bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +139,11 @@ class CloudConfig:
     key_file: Path
     topic_prefix: str = "edgebell"
     token_list_key: Path = field(kw_only=True)
+    # Extensions: reconnect backoff (with jitter), MQTT keepalive, connect/ack timeout.
+    reconnect_min: float = field(default=1.0, kw_only=True)
+    reconnect_max: float = field(default=60.0, kw_only=True)
+    keepalive: float = field(default=60.0, kw_only=True)
+    connect_timeout: float = field(default=10.0, kw_only=True)
 
     @property
     def host(self) -> str:
@@ -173,6 +187,7 @@ class Config:
     state_dir: Path
     control_socket: Path
     log_level: LogLevel
+    outbox: OutboxConfig = OutboxConfig()
     lines: Mapping[str, int] = field(
         default_factory=lambda: MappingProxyType({}), compare=False, repr=False
     )

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from edgebell.privacy import short_token
 from edgebell.testing.apns_standin import ReceivedPush
+from edgebell.testing.demo_cloud import LocalCloud
 from edgebell.testing.fake_receiver import FakeReceiver
 from edgebell.testing.gateway import (
     BACK_FRAME,
@@ -86,9 +87,17 @@ def main(argv: list[str] | None = None) -> int:
         say(f"      Three phones are authorised; {short_token(gone)} uninstalled the app,")
         say("      so 'Apple' will answer 410 Unregistered for it.")
 
-        with FakeReceiver(root / "ttyRFLink", answer_pings=True) as receiver:
+        with (
+            FakeReceiver(root / "ttyRFLink", answer_pings=True) as receiver,
+            LocalCloud.start_if_installed(root, pki) as cloud,
+        ):
             step(3, total, f"Simulated RFLink receiver plugged in at {receiver.path}")
             say("      (a pseudo-terminal; the daemon opens it like /dev/serial/by-id/...).")
+            if cloud is None:
+                LocalCloud.explain_missing(say)
+            else:
+                cloud.introduce(say)
+                cloud.publish_list(root, phones, say)
             files = write_config(
                 root,
                 port=str(receiver.path),
@@ -100,8 +109,9 @@ def main(argv: list[str] | None = None) -> int:
                     "key_id": KEY_ID,
                     "team_id": TEAM_ID,
                 },
-                tokens=phones,
-                overrides={"log_level": "info"},
+                tokens=phones if cloud is None else [],
+                overrides={"log_level": "info"}
+                | ({} if cloud is None else {"cloud": cloud.config_section()}),
             )
             step(4, total, f"Starting `edgebell run --config {files.config}`")
             daemon = DaemonProcess(files)
@@ -109,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
             receiver.write_line(b"20;00;Nodo RadioFrequencyLink - RFLink Gateway V1.1 - R46;")
             watcher = Watcher(apns)
             say("      The daemon is up: receiver open, APNs connection warm.")
+            if cloud is not None:
+                cloud.wait_in_use(daemon, say)
 
             step(5, total, "Someone presses the front door button.")
             say(
@@ -134,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
             result = daemon.cli("status")
             say(textwrap.indent(result.stdout.rstrip(), "      "))
             say(f"      (exit code {result.returncode}: 0 healthy, 1 degraded, 3 not running)")
+            if cloud is not None:
+                cloud.show_events(say)
 
             say("\nStopping the daemon with SIGTERM (as systemd does):")
             code = daemon.stop()

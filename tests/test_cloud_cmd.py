@@ -1,0 +1,109 @@
+"""``P/cmd`` round trips over a real Mosquitto: ping, ring, test-push, resync, and refusals."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from fixtures_mqtt import P, Signer, entry, publish_list, pushes_for, wait_list
+
+from edgebell.privacy import short_token
+from edgebell.testing.cloud_peer import CloudPeer
+from edgebell.testing.gateway import DaemonProcess, GatewayFiles, random_token
+from edgebell.testing.standin_thread import StandInThread
+
+_ids = itertools.count(1)
+
+
+@pytest.fixture
+def daemon(cloud_gateway_files: GatewayFiles) -> Iterator[DaemonProcess]:
+    with DaemonProcess(cloud_gateway_files) as d:
+        yield d
+
+
+@pytest.fixture
+def phone(daemon: DaemonProcess, cloud: CloudPeer, signer: Signer) -> str:
+    """The one phone on the gateway's list."""
+    token = random_token()
+    ver = signer.next_ver()
+    publish_list(cloud, signer.sign([entry(token)], ver=ver))
+    wait_list(daemon, ver)
+    return token
+
+
+def command(cloud: CloudPeer, **document: Any) -> dict[str, Any]:
+    """Send a command; the reply that carries its id."""
+    document.setdefault("id", f"cmd-{next(_ids)}")
+    cloud.publish_json(f"{P}/cmd", document)
+    reply: dict[str, Any] = cloud.wait_message(
+        f"{P}/cmd/reply", lambda m: m["id"] == document["id"]
+    ).json()
+    return reply
+
+
+def test_ping_answers_with_the_version(daemon: DaemonProcess, cloud: CloudPeer) -> None:
+    reply = command(cloud, cmd="ping")
+    assert reply["ok"] is True
+    assert reply["detail"] == "pong"
+    assert reply["version"] == daemon.status()["version"]
+
+
+def test_ring_rings_at_once_ignoring_cooldown_and_the_reply_carries_the_ring_id(
+    daemon: DaemonProcess, cloud: CloudPeer, phone: str, apns_standin_thread: StandInThread
+) -> None:
+    first = command(cloud, cmd="ring", button="front")
+    second = command(cloud, cmd="ring", button="front")  # within cooldown: rings anyway
+    for reply in (first, second):
+        assert reply["ok"] is True
+        ring_id = reply["detail"]
+        assert reply["ring_id"] == ring_id
+        apns_standin_thread.wait_for(
+            lambda s, r=ring_id: any(p.json()["edgebell"]["ring_id"] == r for p in s.received),
+            10,
+        )
+        assert [p.token for p in pushes_for(apns_standin_thread, ring_id)] == [phone]
+        event = cloud.wait_message(f"{P}/ring", lambda m, r=ring_id: m["ring_id"] == r).json()
+        assert event["manual"] is True
+    assert {b["id"]: b["rings"] for b in daemon.status()["buttons"]}["front"] == 2
+    unknown = command(cloud, cmd="ring", button="garage")
+    assert unknown["ok"] is False
+    assert "garage" in unknown["detail"]
+
+
+def test_test_push_reports_each_phone_and_can_target_one_token(
+    daemon: DaemonProcess, cloud: CloudPeer, phone: str, apns_standin_thread: StandInThread
+) -> None:
+    reply = command(cloud, cmd="test-push")
+    assert reply["ok"] is True
+    assert reply["detail"] == "1 of 1 delivered"
+    assert [r["token"] for r in reply["results"]] == [short_token(phone)]
+    other = random_token()
+    apns_standin_thread.set(token_errors={other: (410, "Unregistered")})
+    single = command(cloud, cmd="test-push", token=other)
+    assert single["ok"] is False
+    assert single["results"][0]["status"] == 410
+    assert other not in str(single)  # replies shorten tokens like every other output
+
+
+def test_resync_reads_the_retained_list_again(
+    daemon: DaemonProcess, cloud: CloudPeer, signer: Signer, phone: str
+) -> None:
+    ver = daemon.status()["tokens"]["ver"]
+    reply = command(cloud, cmd="resync")
+    assert reply["ok"] is True
+    assert f"list ver {ver} in use" in reply["detail"]
+    assert daemon.status()["cloud"]["refused_lists"] == 0  # the same list again is current
+
+
+def test_bad_commands_are_answered_not_run(
+    daemon: DaemonProcess, cloud: CloudPeer, phone: str
+) -> None:
+    unknown = command(cloud, cmd="reboot")
+    assert unknown["ok"] is False
+    assert "unknown command" in unknown["detail"]
+    cloud.publish(f"{P}/cmd", "nonsense")
+    garbled = cloud.wait_message(f"{P}/cmd/reply", lambda m: m["id"] is None).json()
+    assert garbled["ok"] is False
+    assert command(cloud, cmd="ping")["ok"] is True  # and the gateway carries on
