@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
+import logging.handlers
 import os
+import queue
 import sys
 from collections.abc import Mapping
 from typing import ClassVar, TextIO
@@ -21,10 +24,24 @@ LEVELS = {
 _NOISY = ("hpack", "h2")
 
 
+_listener: logging.handlers.QueueListener | None = None
+
+
 def setup_logging(
-    level: str, environ: Mapping[str, str] = os.environ, stream: TextIO | None = None
+    level: str,
+    environ: Mapping[str, str] = os.environ,
+    stream: TextIO | None = None,
+    *,
+    background: bool = True,
 ) -> None:
-    """Log to stderr; when stderr is journald's stream, journald adds time and priority."""
+    """Log to stderr; when stderr is journald's stream, journald adds time and priority.
+
+    With ``background`` the event loop only puts records on a queue and a thread
+    writes them: a ring's log line never waits on a slow journald or a full pipe
+    before the push goes out. ``shutdown_logging()`` (also run at exit) drains it.
+    """
+    global _listener
+    shutdown_logging()
     stream = stream or sys.stderr
     handler = logging.StreamHandler(stream)
     if writes_to_journal(stream, environ):
@@ -36,8 +53,25 @@ def setup_logging(
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
-    root.addHandler(handler)
+    if background:
+        records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+        root.addHandler(logging.handlers.QueueHandler(records))
+        _listener = logging.handlers.QueueListener(records, handler, respect_handler_level=True)
+        _listener.start()
+    else:
+        root.addHandler(handler)
     set_level(level)
+
+
+def shutdown_logging() -> None:
+    """Write out every queued record and stop the writer thread."""
+    global _listener
+    if _listener is not None:
+        _listener.stop()
+        _listener = None
+
+
+atexit.register(shutdown_logging)
 
 
 def set_level(level: str) -> None:

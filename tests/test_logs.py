@@ -13,7 +13,7 @@ import pytest
 import yaml
 from fixtures_service import edit_config, reload
 
-from edgebell.logs import setup_logging, writes_to_journal
+from edgebell.logs import setup_logging, shutdown_logging, writes_to_journal
 from edgebell.testing.fake_receiver import FakeReceiver
 from edgebell.testing.gateway import FRONT_FRAME, DaemonProcess, GatewayFiles, random_token
 from edgebell.testing.standin_thread import StandInThread
@@ -79,6 +79,7 @@ def test_a_traceback_keeps_its_priority_on_every_line(tmp_path: Path, root_loggi
             raise ValueError(f"push to {token} failed")
         except ValueError:
             logging.getLogger("edgebell.test").exception("it went wrong")
+        shutdown_logging()  # the records are written by a thread: let it finish
     lines = path.read_text().splitlines()
     assert len(lines) > 3
     assert all(line.startswith("<3>") for line in lines), lines
