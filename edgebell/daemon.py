@@ -15,7 +15,7 @@ from typing import Any
 from edgebell import __version__
 from edgebell.apns.auth import ApnsAuth, CertificateAuth, DelegatedAuth, TokenAuth
 from edgebell.apns.client import ApnsClient
-from edgebell.apns.model import Environment, PushRequest, PushResult
+from edgebell.apns.model import Environment, Outcome, PushRequest, PushResult
 from edgebell.buttons import Button, ButtonTracker, Verdict
 from edgebell.cloud.messages import ProviderToken
 from edgebell.cloud.sync import CloudSync
@@ -405,7 +405,10 @@ class Daemon:
     def use_provider_token(self, token: ProviderToken) -> bool:
         if not isinstance(self._auth, DelegatedAuth):
             return False
-        return self._auth.set_token(token.jwt, token.iat)
+        taken = self._auth.set_token(token.jwt, token.iat)
+        if taken and self.dispatcher is not None:
+            self.dispatcher.wake_all()  # pushes that waited for a JWT go now, not after backoff
+        return taken
 
     def ring_button(self, button: str) -> Ring | None:
         """Ring ``button`` now, as ``edgebell ring`` does (no debounce, no cooldown)."""
@@ -492,6 +495,10 @@ class Daemon:
                 for n in notifications
             )
         )
+        assert self.dispatcher is not None
+        for n, result in zip(notifications, results, strict=True):
+            if result.outcome is Outcome.TOKEN_DEAD:
+                self.dispatcher.token_dead(n, result)  # a test push learns what a ring would
         return [_result_json(r) for r in results]
 
     # -- status ------------------------------------------------------------------------------------

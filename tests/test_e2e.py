@@ -120,6 +120,10 @@ def test_test_push_reports_each_phone_and_fails_when_one_is_dead(
     outcomes = {r["token"]: (r["outcome"], r["status"]) for r in json.loads(result.stdout)}
     assert outcomes[short_token(phones[1])] == ("token_dead", 410)
     assert phones[1] not in result.stdout  # only ever shortened
+    # What the test push learnt holds for rings too: the dead phone is suppressed.
+    status = daemon.status()
+    assert status["tokens"]["count"] == len(phones) - 1
+    assert status["tokens"]["suppressed"] == 1
 
 
 def test_status_json_has_the_contract_fields(daemon: DaemonProcess) -> None:

@@ -167,6 +167,15 @@ class Dispatcher:
             if not self._tokens.is_active(row.notification.token):
                 row.wake.set()
 
+    def wake_all(self) -> None:
+        """Something changed that may let waiting rows through now (a new provider JWT)."""
+        for row in self._rows.values():
+            row.wake.set()
+
+    def token_dead(self, n: Notification, result: PushResult) -> None:
+        """Apple called a token dead outside the outbox (a test push): suppress and report it."""
+        self._dead_token(n, result)
+
     def connect_failed(self, env: Environment, detail: str) -> None:
         """Apple could not be reached outside a push (at start): the link starts down."""
         self._link(env.value).connect_failed(detail)
