@@ -30,7 +30,7 @@ from edgebell.config import (
 )
 from edgebell.control import JSON
 from edgebell.control_server import ControlServer
-from edgebell.errors import ConfigError
+from edgebell.errors import ApnsError, ConfigError
 from edgebell.logs import set_level
 from edgebell.notifier import Notifier, Template
 from edgebell.outbox.dispatcher import DeliveryReport, Dispatcher, Feedback
@@ -113,6 +113,7 @@ class Daemon:
         self.dispatcher: Dispatcher | None = None
         self.receiver: SerialReceiver | None = None
         self.cloud: CloudSync | None = None
+        self._background: set[asyncio.Task[None]] = set()  # fire-and-forget tasks, kept alive
         self._auth: ApnsAuth | None = None
         self.ready = False
 
@@ -398,6 +399,25 @@ class Daemon:
         self._apply_static_tokens()
         if self.dispatcher is not None:
             self.dispatcher.purge_inactive()  # queued pushes to removed tokens are dropped now
+        self._warm_new_environments()
+
+    def _warm_new_environments(self) -> None:
+        """A list that brings the first phone of an environment: connect now, not at the ring."""
+        if self.client is None:
+            return
+        connected = self.client.status().connected
+        for env in {Environment(t.env) for t in self.tokens.active()}:
+            if not connected.get(env.value):
+                task = asyncio.create_task(self._warm(env), name=f"warm {env.value}")
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
+
+    async def _warm(self, env: Environment) -> None:
+        assert self.client is not None
+        try:
+            await self.client.connect(env)
+        except ApnsError as exc:  # the first push to it will try again and report
+            log.warning("APNs %s not reachable (%s): will retry", env.value, exc)
 
     def pending_pushes(self) -> int:
         return 0 if self.dispatcher is None else self.dispatcher.status().pending
