@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -21,7 +23,7 @@ from edgebell.testing.pki import TestPki, make_test_pki
 
 HERE = Path(__file__).resolve().parent
 PYTHON = sys.executable
-_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -73,14 +75,14 @@ def proc_cpu_seconds(pid: int) -> float:
     """User + system CPU seconds a process has used so far (all its threads)."""
     stat = Path(f"/proc/{pid}/stat").read_text()
     fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
 def machine_busy_seconds() -> float:
     """CPU seconds every core of the machine has spent busy so far (from /proc/stat)."""
     fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
     user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
-    return (user + nice + system + irq + softirq + steal) / _CLOCK_TICKS
+    return (user + nice + system + irq + softirq + steal) / CLOCK_TICKS
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +151,13 @@ def proc_memory_mb(pid: int) -> dict[str, float]:
         "pss": round(fields["Pss"] / 1024, 1),
         "uss": round((fields["Private_Clean"] + fields["Private_Dirty"]) / 1024, 1),
     }
+
+
+def scratch(prefix: str) -> Path:
+    """A new directory under the system's temp dir, removed when the benchmark exits."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
 
 
 def bench_pki(root: Path) -> TestPki:

@@ -25,7 +25,6 @@ import re
 import secrets
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -40,6 +39,7 @@ from common import (
     machine,
     proc_cpu_seconds,
     run_measured,
+    scratch,
 )
 from push_clients import CLIENTS, EXPIRATION, PAYLOAD
 
@@ -144,7 +144,7 @@ def _others_pct(done: Measured, server_cpu: float) -> float:
 
 
 def measure(count: int, rounds: int, peers: tuple[str, ...] = PEERS) -> dict[str, Any]:
-    root = Path(tempfile.mkdtemp(prefix="edgebell-fanout-"))
+    root = scratch("edgebell-fanout-")
     pki = bench_pki(root)
     runs: dict[str, list[dict[str, Any]]] = {peer: [] for peer in peers}
     ratios: dict[str, list[float]] = {peer: [] for peer in peers if peer != "edgebell"}

@@ -22,14 +22,13 @@ import ssl
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from common import HERE, PYTHON, bench_pki, machine, proc_memory_mb, summary
+from common import HERE, PYTHON, bench_pki, machine, proc_memory_mb, scratch, summary
 from fleet_gateways import gateway_ids
 from paho.mqtt.enums import CallbackAPIVersion
 
@@ -135,7 +134,7 @@ class FleetProcess:
 
 
 def measure(gateways: int, rounds: int) -> dict[str, Any]:
-    root = Path(tempfile.mkdtemp(prefix="edgebell-fleet-"))
+    root = scratch("edgebell-fleet-")
     pki = bench_pki(root)
     certs = root / "certs"
     ids = gateway_ids(gateways)

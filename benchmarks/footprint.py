@@ -18,13 +18,21 @@ import json
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import yaml
-from common import PYTHON, bench_pki, machine, proc_cpu_seconds, proc_memory_mb, summary
+from common import (
+    CLOCK_TICKS,
+    PYTHON,
+    bench_pki,
+    machine,
+    proc_cpu_seconds,
+    proc_memory_mb,
+    scratch,
+    summary,
+)
 
 from edgebell.testing.fake_receiver import FakeReceiver
 from edgebell.testing.gateway import (
@@ -77,7 +85,7 @@ def imports_rss_mb() -> float:
 
 
 def measure(tokens: int, idle: float, status_runs: int, import_runs: int) -> dict[str, Any]:
-    root = Path(tempfile.mkdtemp(prefix="edgebell-footprint-"))
+    root = scratch("edgebell-footprint-")
     pki = bench_pki(root)
     with (
         StandInThread(
@@ -133,6 +141,8 @@ def measure(tokens: int, idle: float, status_runs: int, import_runs: int) -> dic
         "idle_memory_after_mb": memory_after,
         "idle_window_s": idle,
         "idle_cpu_pct": round((cpu_after - cpu_before) / idle * 100, 3),
+        # /proc counts CPU in clock ticks: less than one tick over the window reads as 0.
+        "idle_cpu_resolution_pct": round(100 / CLOCK_TICKS / idle, 3),
         "idle_receiver_pings": pings,
         "status_ms": summary(status_ms, 1),
         "status_small_config_ms": summary(small_status_ms, 1),

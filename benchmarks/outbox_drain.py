@@ -17,12 +17,19 @@ import argparse
 import json
 import sqlite3
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from common import StandInProcess, bench_pki, machine, proc_cpu_seconds, proc_rss_mb, wait_until
+from common import (
+    StandInProcess,
+    bench_pki,
+    machine,
+    proc_cpu_seconds,
+    proc_rss_mb,
+    scratch,
+    wait_until,
+)
 
 from edgebell.testing.fake_receiver import FakeReceiver
 from edgebell.testing.gateway import (
@@ -43,7 +50,7 @@ def _rows_on_disk(database: Path) -> int:
 
 
 def measure(rows: int) -> dict[str, Any]:
-    root = Path(tempfile.mkdtemp(prefix="edgebell-drain-"))
+    root = scratch("edgebell-drain-")
     pki = bench_pki(root)
     with (
         StandInProcess(pki) as standin,

@@ -22,13 +22,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from common import machine, summary
+from common import machine, scratch, summary
 
 from edgebell.testing.apns_standin import ReceivedPush
 from edgebell.testing.fake_receiver import FakeReceiver
@@ -110,7 +109,7 @@ def _ring(
 
 def measure(rings: int, tokens: int) -> dict[str, Any]:
     """``rings`` presses on one running daemon, each to ``tokens`` phones, warm connection."""
-    root = Path(tempfile.mkdtemp(prefix="edgebell-bench-"))
+    root = scratch("edgebell-bench-")
     pki = make_test_pki(root / "pki", key_id=KEY_ID, team_id=TEAM_ID)
     phones = [random_token() for _ in range(tokens)]
     first_ms: list[float] = []
@@ -151,7 +150,7 @@ def measure(rings: int, tokens: int) -> dict[str, Any]:
 
 def measure_first_ring(starts: int, *, cold_connection: bool) -> dict[str, Any]:
     """The first ring after start of ``starts`` fresh daemons (frame -> request at APNs)."""
-    root = Path(tempfile.mkdtemp(prefix="edgebell-bench-first-"))
+    root = scratch("edgebell-bench-first-")
     pki = make_test_pki(root / "pki", key_id=KEY_ID, team_id=TEAM_ID)
     samples: list[float] = []
     answers = Answers()

@@ -128,7 +128,7 @@ class ApnsStandIn:
         self.sandbox = sandbox
         self.token_update_limit = token_update_limit
         # h2's checks of every received header (lowercase names, no connection headers
-        # ...) as Apple's front end would refuse them; about a tenth of the stand-in's
+        # ...) as Apple's front end would refuse them; about a fifth of the stand-in's
         # time per request, which a benchmark of the client may prefer to spend elsewhere.
         self.validate_headers = validate_headers
 
