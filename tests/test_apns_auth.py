@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from fixtures_apns import KEY_ID, TEAM_ID, TOPIC, apns_standin, pki, provider_jwt
 
+import edgebell.apns.auth as auth_module
 from edgebell.apns.auth import (
     HARD_LIMIT,
     MAX_JWT_AGE,
@@ -349,14 +350,14 @@ async def test_concurrent_expired_answers_make_one_new_jwt(
     clock = Clock(time.time() - 3700)
     auth = token_auth(pki, clock)
     minted: list[str] = []
-    real_encode = jwt.encode
+    real_sign = auth_module.sign_es256
 
-    def counting_encode(*args: Any, **kwargs: Any) -> str:
-        token: str = real_encode(*args, **kwargs)
+    def counting_sign(*args: Any, **kwargs: Any) -> str:
+        token: str = real_sign(*args, **kwargs)
         minted.append(token)
         return token
 
-    monkeypatch.setattr(jwt, "encode", counting_encode)
+    monkeypatch.setattr(auth_module, "sign_es256", counting_sign)
     async with client(auth, apns_standin.url, pki) as apns:
         results = await asyncio.gather(*(apns.send(push()) for _ in range(10)))
         assert {r.outcome for r in results} == {Outcome.AUTH_RENEW}

@@ -11,12 +11,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
-import jwt
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import pkcs12
 
+from edgebell.apns.es256 import sign_es256
 from edgebell.apns.model import Outcome, PushResult
 from edgebell.errors import ApnsAuthError
 
@@ -136,12 +136,7 @@ class TokenAuth:
         return age < self._refresh_after or now < self._hold_until
 
     def _mint(self, now: float) -> str:
-        token = jwt.encode(
-            {"iss": self._team_id, "iat": int(now)},
-            self._key,
-            algorithm="ES256",
-            headers={"kid": self._key_id},
-        )
+        token = sign_es256({"iss": self._team_id, "iat": int(now)}, self._key, self._key_id)
         self._header = header = f"bearer {token}"
         self._minted_at = now
         self._hold_until = 0.0
