@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import socket
+import stat
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 
@@ -34,10 +35,20 @@ class ControlServer:
 
     async def start(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        if self.path.is_socket() or self.path.exists():
+        try:
+            mode: int | None = self.path.lstat().st_mode
+        except FileNotFoundError:
+            mode = None
+        if mode is not None:
+            if not stat.S_ISSOCK(mode):
+                # A config pointing control_socket at a real file must not cost that file.
+                raise ControlError(
+                    f"control socket path {self.path} exists and is not a socket:"
+                    " not removing it (check control_socket in the configuration)"
+                )
             if _daemon_answers(self.path):
                 raise ControlError(f"another edgebell daemon is already running on {self.path}")
-            self.path.unlink()
+            self.path.unlink()  # a socket left behind by a daemon that died
         # A socket is created with the umask applied; set the mode before anyone can connect.
         old = os.umask(0o117)
         try:

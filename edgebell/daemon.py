@@ -10,16 +10,13 @@ import os
 import signal
 import time
 from collections.abc import AsyncIterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgebell import __version__
 from edgebell.apns.auth import ApnsAuth, CertificateAuth, DelegatedAuth, TokenAuth
 from edgebell.apns.client import ApnsClient
 from edgebell.apns.model import Environment, Outcome, PushRequest, PushResult
 from edgebell.buttons import Button, ButtonTracker, Verdict
-from edgebell.cloud.messages import ProviderToken
-from edgebell.cloud.sync import CloudSync
-from edgebell.cloud.tokenlist import TokenList
 from edgebell.config import (
     CertificateAuthConfig,
     Config,
@@ -46,14 +43,20 @@ from edgebell.secrets import read_passphrase, read_secret
 from edgebell.status import ConfigState, StatusReport, build_status
 from edgebell.tokens import AuthorisedToken, Suppression, TokenBook
 
+if TYPE_CHECKING:  # the MQTT stack is imported only by gateways that have a cloud section
+    from edgebell.cloud.messages import ProviderToken
+    from edgebell.cloud.sync import CloudSync
+    from edgebell.cloud.tokenlist import TokenList
+
 log = logging.getLogger(__name__)
 
 OUTBOX_PAGE_SIZE = 4096  # SQLite's default page: outbox.max_size becomes a page count
 
-DRAIN_TIMEOUT = 5.0  # SIGTERM: how long pushes already on the wire may take to finish
+DRAIN_TIMEOUT = 5.0  # SIGTERM: how long stopping may take, in-flight pushes finishing first
 READY_GRACE = 10.0  # how long start-up waits for the receiver before reporting READY anyway
 STATUS_EVERY = 5.0  # how stale systemd's STATUS= line (systemctl status) may get
 CLOUD_STOP_TIMEOUT = 3.0  # SIGTERM: sending what waits for the cloud, then "offline"
+CLOSE_RESERVE = 0.5  # SIGTERM: of DRAIN_TIMEOUT, kept for closing connections and the database
 
 
 def make_auth(config: Config) -> ApnsAuth:
@@ -90,7 +93,7 @@ class Daemon:
         self._started_mono = time.monotonic()
         self._stop = asyncio.Event()
         self._systemd = SystemdNotifier(environ)
-        self.tokens = TokenBook()
+        self.tokens = TokenBook(topic=config.apns.topic)
         max_size = config.outbox.max_size
         self.store = OutboxStore(
             config.state_dir / "outbox.sqlite3",
@@ -125,81 +128,106 @@ class Daemon:
             loop.add_signal_handler(sig, self.request_stop)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         auth = self._auth = make_auth(self.config)
-        self.store.open()
-        self._load_tokens()
-        self._open_cloud()
         apns = self.config.apns
-        async with ApnsClient(
+        # Built here, used only after the control socket is ours: none of these does I/O yet.
+        client = ApnsClient(
             auth=auth,
             host_override=apns.host,
             ca_file=apns.ca_file,
             connect_timeout=apns.connect_timeout,
             request_timeout=apns.request_timeout,
             ping_interval=apns.ping_interval,
-        ) as client:
-            self.client = client
-            self.dispatcher = Dispatcher(
-                sender=client,
-                store=self.store,
-                tokens=self.tokens,
-                topic=apns.topic,
-                retry_min=apns.retry_min,
-                retry_max=apns.retry_max,
-                collapse=self._collapse,
-                on_feedback=self._on_feedback,
-                on_report=self._on_report,
-            )
+            reconnect=(apns.retry_min, apns.retry_max),
+        )
+        self.dispatcher = Dispatcher(
+            sender=client,
+            store=self.store,
+            tokens=self.tokens,
+            topic=apns.topic,
+            retry_min=apns.retry_min,
+            retry_max=apns.retry_max,
+            collapse=self._collapse,
+            on_feedback=self._on_feedback,
+            on_report=self._on_report,
+        )
+        radio = self.config.radio
+        self.receiver = SerialReceiver(
+            radio.port,
+            radio.protocol,
+            radio.baudrate,
+            self._on_radio_event,
+            ping_interval=radio.ping_interval or None,
+            ping_timeout=radio.ping_timeout,
+            backoff_min=radio.reconnect_min,
+            backoff_max=radio.reconnect_max,
+        )
+        control = ControlServer(
+            self.config.control_socket,
+            {
+                "status": self._cmd_status,
+                "ring": self._cmd_ring,
+                "test-push": self._cmd_test_push,
+                "learn": self._cmd_learn,
+                "ping": self._cmd_ping,
+            },
+        )
+        # The control socket is the single-instance lock: a second `edgebell run` stops here,
+        # before it touches the running daemon's database or takes over its MQTT session.
+        await control.start()
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            # No await until the rows are resumed: no ring (from the socket) can be queued
+            # before the outbox's own rows are read, so none is read back as a second copy.
+            self.store.open()
+            pending = self.store.load_pending()
+            self._load_tokens()
+            self._open_cloud()
+            self.client = client  # after restore: the warm-up below connects what the list needs
             self.store.start()
+            if pending:
+                log.info("resuming %d undelivered notifications from the outbox", len(pending))
+            self.dispatcher.resume(pending)
             if self.cloud is not None:
                 self.cloud.start()
-            control = ControlServer(
-                self.config.control_socket,
-                {
-                    "status": self._cmd_status,
-                    "ring": self._cmd_ring,
-                    "test-push": self._cmd_test_push,
-                    "learn": self._cmd_learn,
-                    "ping": self._cmd_ping,
-                },
-            )
-            await control.start()
-            radio = self.config.radio
-            self.receiver = SerialReceiver(
-                radio.port,
-                radio.protocol,
-                radio.baudrate,
-                self._on_radio_event,
-                ping_interval=radio.ping_interval or None,
-                ping_timeout=radio.ping_timeout,
-                backoff_min=radio.reconnect_min,
-                backoff_max=radio.reconnect_max,
-            )
-            tasks = [asyncio.create_task(self.receiver.run(), name="radio")]
+            tasks.append(asyncio.create_task(self.receiver.run(), name="radio"))
             if self._systemd.enabled:
                 # Already while starting: STATUS= then says what start-up is waiting for.
                 tasks.append(asyncio.create_task(self._watchdog(), name="watchdog"))
-            try:
-                await self._warm_up()
-                pending = self.store.load_pending()
-                if pending:
-                    log.info("resuming %d undelivered notifications from the outbox", len(pending))
-                self.dispatcher.resume(pending)
-                self._announce_ready()
-                await self._stop.wait()
-            finally:
-                self._systemd.stopping("draining in-flight pushes")
-                log.info("stopping: letting in-flight pushes finish")
-                for t in tasks:
-                    t.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
-                await control.close()
-                await self.dispatcher.drain(DRAIN_TIMEOUT)
-                if self.cloud is not None:
-                    await self.cloud.stop(CLOUD_STOP_TIMEOUT)
-                self.store.close()
+            await self._warm_up()
+            self._announce_ready()
+            await self._stop.wait()
+        finally:
+            await self._shut_down(control, client, tasks)
         log.info("stopped")
         self._systemd.close()
         return 0
+
+    async def _shut_down(
+        self, control: ControlServer, client: ApnsClient, tasks: list[asyncio.Task[None]]
+    ) -> None:
+        """Stop within one budget: in-flight pushes and the cloud's goodbye share it."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + DRAIN_TIMEOUT
+        self._systemd.stopping("draining in-flight pushes")
+        log.info("stopping: letting in-flight pushes finish")
+
+        def left(reserve: float = 0.0) -> float:
+            return max(0.0, deadline - reserve - loop.time())
+
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        steps = [control.close()]
+        if self.dispatcher is not None:
+            steps.append(self.dispatcher.drain(left(CLOSE_RESERVE)))
+        if self.cloud is not None:
+            steps.append(self.cloud.stop(min(CLOUD_STOP_TIMEOUT, left(CLOSE_RESERVE))))
+        await asyncio.gather(*steps)
+        # Last, once the drain has queued its writes: the connections, and the database
+        # (its writer joined off the loop, so a slow disk cannot stall the deadline).
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(client.aclose(), max(left(), 0.1))
+        await asyncio.to_thread(self.store.close, max(left(), 0.5))
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -246,7 +274,7 @@ class Daemon:
         self._apply_static_tokens()
         self.tokens.restore_suppressed(
             {
-                s.token: Suppression(s.status, s.reason, s.timestamp_ms)
+                s.token: Suppression(s.status, s.reason, s.timestamp_ms, s.env, s.topic)
                 for s in self.store.load_suppressed()
             }
         )
@@ -342,9 +370,14 @@ class Daemon:
         """Accept a ring: fan out to every authorised phone at once."""
         assert self.dispatcher is not None
         ring = Ring(new_id(), button.id, button.name, time.time(), presses, manual)
-        tokens = self.tokens.for_button(button.id)
-        notifications = self.notifier.fan_out(ring, tokens)
-        self.dispatcher.submit(notifications)
+        notifications: list[Notification] = []
+        try:
+            notifications = self.notifier.fan_out(ring, self.tokens.for_button(button.id))
+            self.dispatcher.submit(notifications)
+        except Exception:
+            # A bug in the fan-out must not lose the ring: it is still counted and published.
+            log.exception("ring %s: cannot push it to the phones", ring.ring_id[:8])
+            notifications = []
         if self.cloud is not None:
             self.cloud.ring(ring)
         _, count = self.rings.get(button.id, (None, 0))
@@ -384,6 +417,8 @@ class Daemon:
         """The MQTT sync, with what it kept on disk (read before the store's writer starts)."""
         if self.config.cloud is None:
             return
+        from edgebell.cloud.sync import CloudSync
+
         self.cloud = CloudSync(
             self.config.cloud,
             gateway_id=self.config.gateway.id,

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from edgebell.errors import StoreError
 from edgebell.outbox.store import OutboxStore, Suppressed
 from edgebell.rings import Notification, new_id
 
@@ -132,4 +133,44 @@ def test_a_schema_1_database_gains_the_collapse_columns(tmp_path: Path) -> None:
     again = reopen(store)
     [merged] = again.load_pending()
     assert (merged.rings, merged.latest_ring_id, merged.latest_at) == (3, "r3", 1500.0)
+    again.close()
+
+
+def test_a_locked_database_is_refused_not_moved_aside(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.sqlite3"
+    first = OutboxStore(path)
+    first.open()
+    first.close()
+    other = sqlite3.connect(path, isolation_level=None)  # another process in mid-write
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        store = OutboxStore(path)
+        with pytest.raises(StoreError, match="locked"):
+            store.open()
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert store.health().moved_aside is None
+    assert [p.name for p in tmp_path.iterdir() if "corrupt" in p.name] == []
+    again = OutboxStore(path)
+    again.open()  # the same database, usable again once the lock is gone
+    again.close()
+
+
+def test_a_write_sqlite_cannot_hold_is_a_store_error_and_the_writer_goes_on(
+    store: OutboxStore,
+) -> None:
+    # Apple's 410 timestamp is a number from the network: one past SQLite's INTEGER range.
+    store.suppress(Suppressed("cd" * 32, 410, "Unregistered", 2**63))
+    row = _notification()
+    store.add([row])
+    assert store.flush(2.0), "the writer thread died"
+    health = store.health()
+    assert not health.ok
+    assert "too large" in (health.last_error or "")
+    store.add([_notification()])
+    assert store.flush(2.0)
+    assert store.health().ok  # the next good write clears it
+    again = reopen(store)
+    assert row.apns_id in [n.apns_id for n in again.load_pending()]
     again.close()

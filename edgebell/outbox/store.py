@@ -25,7 +25,8 @@ from edgebell.rings import Notification
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2  # 2: notifications.rings, last_ring_id, last_at (offline collapse)
+SCHEMA_VERSION = 3  # 2: notifications.rings, last_ring_id, last_at (offline collapse)
+# 3: suppressed.env, topic (a 400 holds only where Apple refused the token)
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS notifications (
     apns_id     TEXT PRIMARY KEY,
@@ -48,7 +49,9 @@ CREATE TABLE IF NOT EXISTS suppressed (
     token        TEXT PRIMARY KEY,
     status       INTEGER NOT NULL,
     reason       TEXT NOT NULL,
-    timestamp_ms INTEGER NOT NULL
+    timestamp_ms INTEGER NOT NULL,
+    env          TEXT,
+    topic        TEXT
 );
 CREATE TABLE IF NOT EXISTS kv (
     key   TEXT PRIMARY KEY,
@@ -67,12 +70,17 @@ _STOP = object()
 
 @dataclass(frozen=True, slots=True)
 class Suppressed:
-    """A token Apple called dead, with Apple's timestamp (ms) for the registered_at rule."""
+    """A token Apple called dead, with Apple's timestamp (ms) for the registered_at rule.
+
+    ``env`` and ``topic`` are where the refused push went (None in rows of schema 2).
+    """
 
     token: str
     status: int
     reason: str
     timestamp_ms: int
+    env: str | None = None
+    topic: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,11 +109,18 @@ class OutboxStore:
     # -- start and stop -------------------------------------------------
 
     def open(self) -> None:
-        """Open (or create) the database; a corrupt one is moved aside and started afresh."""
+        """Open (or create) the database; a corrupt one is moved aside and started afresh.
+
+        Only a database SQLite calls corrupt (or not a database at all) is moved: a locked,
+        unreadable or read-only one is healthy data that we cannot use right now, so it
+        stays where it is and start-up fails with the reason.
+        """
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self._conn = self._connect()
         except sqlite3.DatabaseError as exc:
+            if not _is_corrupt(exc):
+                raise StoreError(f"cannot open outbox database {self.path}: {exc}") from exc
             self._moved_aside = self._move_aside(exc)
             try:
                 self._conn = self._connect()
@@ -124,7 +139,7 @@ class OutboxStore:
             conn.execute("PRAGMA busy_timeout=2000")
             row = conn.execute("PRAGMA quick_check").fetchone()
             if row is None or row[0] != "ok":
-                raise sqlite3.DatabaseError(f"integrity check failed: {row}")
+                raise _IntegrityFailed(f"integrity check failed: {row}")
             conn.executescript(_SCHEMA)
             _migrate(conn)
             conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
@@ -158,10 +173,15 @@ class OutboxStore:
         self._thread.start()
 
     def close(self, timeout: float = 5.0) -> None:
-        """Apply every queued write, then close."""
+        """Apply every queued write (for up to ``timeout``), then close."""
         if self._thread is not None:
             self._ops.put(_STOP)
             self._thread.join(timeout)
+            if self._thread.is_alive():
+                # Closing the connection under the writer could tear a transaction: leave
+                # both to the process's exit; SQLite rolls an unfinished one back.
+                log.warning("outbox writes still pending after %.1f s: not waiting", timeout)
+                return
             self._thread = None
         if self._conn is not None:
             with contextlib.suppress(sqlite3.Error):
@@ -203,8 +223,10 @@ class OutboxStore:
 
     def load_suppressed(self) -> list[Suppressed]:
         conn = self._require_conn()
-        rows = conn.execute("SELECT token, status, reason, timestamp_ms FROM suppressed").fetchall()
-        return [Suppressed(r[0], r[1], r[2], r[3]) for r in rows]
+        rows = conn.execute(
+            "SELECT token, status, reason, timestamp_ms, env, topic FROM suppressed"
+        ).fetchall()
+        return [Suppressed(*r) for r in rows]
 
     def load_value(self, key: str) -> bytes | None:
         conn = self._require_conn()
@@ -273,14 +295,6 @@ class OutboxStore:
 
         self._submit(op)
 
-    def replace_payload(self, apns_id: str, payload: bytes) -> None:
-        def op(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "UPDATE notifications SET payload = ? WHERE apns_id = ?", (payload, apns_id)
-            )
-
-        self._submit(op)
-
     def collapse(self, n: Notification) -> None:
         """A row now stands for more rings: its payload, expiry and ring count change."""
         values = (n.payload, n.expires_at, n.rings, n.last_ring_id, n.last_at, n.apns_id)
@@ -297,15 +311,10 @@ class OutboxStore:
     def suppress(self, item: Suppressed) -> None:
         def op(conn: sqlite3.Connection) -> None:
             conn.execute(
-                "INSERT OR REPLACE INTO suppressed VALUES (?,?,?,?)",
-                (item.token, item.status, item.reason, item.timestamp_ms),
+                "INSERT OR REPLACE INTO suppressed (token, status, reason, timestamp_ms, env,"
+                " topic) VALUES (?,?,?,?,?,?)",
+                (item.token, item.status, item.reason, item.timestamp_ms, item.env, item.topic),
             )
-
-        self._submit(op)
-
-    def unsuppress(self, token: str) -> None:
-        def op(conn: sqlite3.Connection) -> None:
-            conn.execute("DELETE FROM suppressed WHERE token = ?", (token,))
 
         self._submit(op)
 
@@ -369,13 +378,16 @@ class OutboxStore:
                     self._idle.set()
 
     def _apply(self, conn: sqlite3.Connection, batch: list[_Op]) -> None:
+        # Any exception, not only sqlite3.Error (a value SQLite cannot hold raises
+        # OverflowError): the writer thread must outlive every bad write, or every later
+        # write is lost while status still says the store is fine.
         try:
             conn.execute("BEGIN")
             for op in batch:
                 op(conn)
             conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            with contextlib.suppress(sqlite3.Error):
+        except Exception as exc:
+            with contextlib.suppress(Exception):
                 conn.execute("ROLLBACK")
             # Retry one by one, so one failing write (a full disk refusing an insert)
             # does not take the deletes of delivered rows down with it.
@@ -383,7 +395,7 @@ class OutboxStore:
             for op in batch:
                 try:
                     op(conn)
-                except sqlite3.Error:
+                except Exception:
                     failures += 1
             if failures == 0:
                 return
@@ -397,6 +409,19 @@ class OutboxStore:
                 self._last_error = None
 
 
+class _IntegrityFailed(sqlite3.DatabaseError):
+    """SQLite's quick check found damage in a database that still opened."""
+
+
+def _is_corrupt(exc: sqlite3.DatabaseError) -> bool:
+    """Damage, as opposed to a database that is locked, unreadable or read-only right now."""
+    if isinstance(exc, _IntegrityFailed):
+        return True
+    code = getattr(exc, "sqlite_errorcode", None)
+    # The primary result code is the low byte of an extended one.
+    return code is not None and code & 0xFF in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+
+
 def _migrate(conn: sqlite3.Connection) -> None:
     """Bring a database written by an older edgebell up to the current schema."""
     columns = {row[1] for row in conn.execute("PRAGMA table_info(notifications)")}
@@ -408,3 +433,8 @@ def _migrate(conn: sqlite3.Connection) -> None:
     ):
         if name not in columns:
             conn.execute(f"ALTER TABLE notifications ADD COLUMN {name} {kind}")
+    # Schema 2: suppressions did not say where the refused push went.
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(suppressed)")}
+    for name in ("env", "topic"):
+        if name not in columns:
+            conn.execute(f"ALTER TABLE suppressed ADD COLUMN {name} TEXT")
