@@ -280,6 +280,30 @@ async def test_each_response_row_becomes_the_right_result(
 
 
 @pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("sent", "kept"),
+    [(2**53 - 1, 2**53 - 1), (0, 0), (2**53, None), (2**63, None), (2**70, None), (-1, None)],
+)
+async def test_a_410_timestamp_out_of_any_real_range_is_treated_as_absent(
+    client: ApnsClient,
+    apns_standin: ApnsStandIn,
+    sent: int,
+    kept: int | None,
+) -> None:
+    # A value no clock gives (2^63 overflows SQLite's integers) must not reach the outbox.
+    request = push()
+    apns_standin.token_errors = {request.token: (410, "Unregistered")}
+    apns_standin.unregistered_timestamp_ms = sent
+    result = await client.send(request)
+    assert (result.outcome, result.status, result.reason) == (
+        Outcome.TOKEN_DEAD,
+        410,
+        "Unregistered",
+    )
+    assert result.timestamp_ms == kept
+
+
+@pytest.mark.asyncio
 async def test_invalid_token_is_refused_without_asking_apple(
     client: ApnsClient,
     apns_standin: ApnsStandIn,
@@ -287,7 +311,7 @@ async def test_invalid_token_is_refused_without_asking_apple(
     result = await client.send(push("not/hex"))
     assert result.outcome is Outcome.FAILED
     assert result.status is None
-    assert result.detail == "device token is not hex"
+    assert result.detail == "not a device token (16 to 200 hex digits)"
     assert apns_standin.requests_received == 0
 
 
@@ -387,15 +411,17 @@ async def test_connection_dropped_by_the_server_is_replaced(
     assert result.status is None
     assert result.detail
     assert not result.unprocessed  # it reached Apple: maybe acted on, maybe not
-    assert client.status().connected["sandbox"] is False
     assert client.status().last_error is not None
     assert any(r.levelno == logging.WARNING for r in caplog.records)
     assert dropped.token not in caplog.text
     apns_standin.drop_after = None
+    # Reopened in the background: the next push finds a warm connection.
+    await apns_standin.wait_for(lambda s: s.connections == 2, WAIT)
+    await eventually(lambda: client.status().connected["sandbox"])
     later = await asyncio.gather(*(client.send(push()) for _ in range(3)))
     assert [r.outcome for r in later] == [Outcome.DELIVERED] * 3
+    assert {p.connection for p in apns_standin.received[-3:]} == {2}
     assert apns_standin.connections == 2
-    assert client.status().connected["sandbox"] is True
 
 
 @pytest.mark.asyncio
@@ -418,6 +444,107 @@ async def test_goaway_unprocessed_streams_come_back_and_resend(
     assert [r.outcome for r in again] == [Outcome.DELIVERED] * 7
     assert sorted(p.apns_id for p in apns_standin.received) == sorted(r.apns_id for r in requests)
     assert apns_standin.connections == 2
+
+
+@pytest.mark.asyncio
+async def test_after_goaway_the_next_connection_is_opened_before_the_next_push(
+    client: ApnsClient,
+    apns_standin: ApnsStandIn,
+) -> None:
+    apns_standin.goaway_after = 1  # answers the first stream, then goes away
+    assert (await client.send(push())).outcome is Outcome.DELIVERED
+    apns_standin.goaway_after = None
+    await apns_standin.wait_for(lambda s: s.connections == 2 and len(s._live) == 1, WAIT)
+    await eventually(lambda: client.status().connected["sandbox"])
+    assert (await client.send(push())).outcome is Outcome.DELIVERED
+    assert apns_standin.received[-1].connection == 2
+    assert apns_standin.connections == 2
+
+
+@pytest.mark.asyncio
+async def test_a_lost_connection_is_reopened_with_backoff_while_the_network_is_down(
+    pki: TestPki,
+    apns_standin: ApnsStandIn,
+) -> None:
+    low = 0.2
+    async with make_client(pki, apns_standin.url, reconnect=(low, 0.4)) as client:
+        await client.connect(SANDBOX)
+        apns_standin.set(drop_after=1, refuse=True)  # this connection dies, no new one opens
+        lost_at = time.monotonic()
+        assert (await client.send(push())).outcome is Outcome.TRANSPORT
+        apns_standin.drop_after = None
+        await apns_standin.wait_for(lambda s: s.refused >= 3, WAIT)
+        # The first try goes at once; each later one waits at least low / 2.
+        assert time.monotonic() - lost_at >= 2 * low / 2
+        assert not client.status().connected["sandbox"]
+        apns_standin.refuse = False
+        await apns_standin.wait_for(lambda s: s.connections == 2, WAIT)
+        await eventually(lambda: client.status().connected["sandbox"])
+        assert (await client.send(push())).outcome is Outcome.DELIVERED
+        assert apns_standin.connections == 2
+
+
+@pytest.mark.asyncio
+async def test_closing_the_client_stops_reconnecting(
+    pki: TestPki,
+    apns_standin: ApnsStandIn,
+) -> None:
+    def keepers() -> list[asyncio.Task[Any]]:
+        return [t for t in asyncio.all_tasks() if t.get_name().startswith("apns-keep")]
+
+    client = make_client(pki, apns_standin.url, reconnect=(0.05, 0.1))
+    async with client:
+        await client.connect(SANDBOX)
+        apns_standin.set(drop_after=1, refuse=True)
+        await client.send(push())
+        await apns_standin.wait_for(lambda s: s.refused >= 2, WAIT)
+        assert keepers()  # still trying
+    assert keepers() == []
+
+
+@pytest.mark.asyncio
+async def test_a_5xx_retires_the_connection_and_the_retry_goes_on_a_fresh_one(
+    client: ApnsClient,
+    apns_standin: ApnsStandIn,
+) -> None:
+    await client.connect(SANDBOX)
+    apns_standin.delay = 0.3
+    slow = asyncio.create_task(client.send(push()))  # in flight on connection 1
+    await apns_standin.wait_for(lambda s: s.requests_received == 1, WAIT)
+    apns_standin.delay = 0.0
+    failing = push()
+    apns_standin.token_errors = {failing.token: (503, "ServiceUnavailable")}
+    first = await client.send(failing)
+    assert (first.outcome, first.status) == (Outcome.RETRY, 503)
+    apns_standin.token_errors = {}
+    again = await client.send(failing)  # as the dispatcher retries it
+    assert again.outcome is Outcome.DELIVERED
+    assert apns_standin.received[-1].connection == 2
+    # The stream open on the retired connection still got its answer there, then it closed.
+    assert (await slow).outcome is Outcome.DELIVERED
+    assert [p.connection for p in apns_standin.received] == [2, 1]
+    await apns_standin.wait_for(lambda s: len(s._live) == 1, WAIT)
+    assert apns_standin.connections == 2
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("status", [500, 503])
+async def test_requests_queued_behind_a_5xx_go_on_the_fresh_connection(
+    client: ApnsClient,
+    apns_standin: ApnsStandIn,
+    status: int,
+) -> None:
+    apns_standin.max_concurrent_streams = 1  # the next request waits for the slot
+    await client.connect(SANDBOX)
+    failing = push()
+    apns_standin.token_errors = {failing.token: (status, "ServiceUnavailable")}
+    apns_standin.delay = 0.05
+    results = await asyncio.gather(client.send(failing), *(client.send(push()) for _ in range(3)))
+    assert results[0].status == status
+    assert [r.outcome for r in results[1:]] == [Outcome.DELIVERED] * 3
+    # None of them started on the connection that answered the 5xx.
+    assert {p.connection for p in apns_standin.received} == {2}
+    assert [p.connection for p in apns_standin.responses].count(1) == 1
 
 
 @pytest.mark.asyncio
@@ -615,6 +742,7 @@ class _HungServer:
         self._server: asyncio.Server | None = None
         self._handlers: set[asyncio.Task[None]] = set()
         self.port = 0
+        self.connections = 0
 
     async def __aenter__(self) -> _HungServer:
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0, ssl=self._context)
@@ -633,6 +761,7 @@ class _HungServer:
         task = asyncio.current_task()
         assert task is not None
         self._handlers.add(task)
+        self.connections += 1
         conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
         conn.initiate_connection()
         writer.write(conn.data_to_send())
@@ -655,7 +784,8 @@ async def test_ping_health_check_notices_a_hung_server(pki: TestPki) -> None:
     ):
         await client.connect(SANDBOX)
         assert client.status().connected["sandbox"] is True
-        await eventually(lambda: not client.status().connected["sandbox"])
+        # The missed PING closes that connection; a new one opens without waiting for a push.
+        await eventually(lambda: hung.connections >= 2)
         assert "PING" in (client.status().last_error or "")
 
 

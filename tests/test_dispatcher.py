@@ -17,7 +17,8 @@ from edgebell.apns.auth import TokenAuth
 from edgebell.apns.client import ApnsClient
 from edgebell.apns.model import Environment
 from edgebell.notifier import Notifier, Template
-from edgebell.outbox.dispatcher import DeliveryReport, Dispatcher
+from edgebell.outbox.dispatcher import DeliveryReport, Dispatcher, Feedback
+from edgebell.outbox.link import LinkState
 from edgebell.outbox.store import OutboxStore
 from edgebell.rings import Notification, Ring, new_id
 from edgebell.testing.apns_server import ApnsStandIn
@@ -54,6 +55,7 @@ class Harness:
             default_env="sandbox",
         )
         self.reports: list[DeliveryReport] = []
+        self.feedback: list[Feedback] = []
         self.client = client
         self.dispatcher = self.make_dispatcher()
 
@@ -67,6 +69,7 @@ class Harness:
             retry_max=self.retry[1],
             collapse=lambda old, new: self.notifier.collapsed(old, new, NAMES[new.button]),
             on_report=self.reports.append,
+            on_feedback=self.feedback.append,
         )
 
     def ring(self, button: str = "front", at: float | None = None) -> Ring:
@@ -77,6 +80,9 @@ class Harness:
 
     def final(self, ring: Ring) -> DeliveryReport | None:
         return next((r for r in self.reports if r.ring_id == ring.ring_id and r.final), None)
+
+    def link_state(self, env: str = "sandbox") -> LinkState:
+        return self.dispatcher._links[env].state
 
 
 async def until(predicate: Callable[[], object], within: float = 10.0) -> None:
@@ -141,8 +147,9 @@ async def test_rings_while_apple_is_unreachable_collapse_into_one_push_per_phone
     await until(lambda: not harness.dispatcher.status().links.get("sandbox", True))
     later = [harness.ring("front"), harness.ring("front")]
     back = harness.ring("back")
-    await asyncio.sleep(0.2)  # several reconnect attempts fail meanwhile
-    assert apns_standin.received == []
+    refused = apns_standin.refused
+    await until(lambda: apns_standin.refused >= refused + 3)  # reconnects fail meanwhile
+    assert apns_standin.requests_received == 0
     apns_standin.set(refuse=False)
     rings = [first, *later, back]
     await until(lambda: all(harness.final(r) for r in rings))
@@ -176,9 +183,11 @@ async def test_a_hung_apple_gets_one_probe_at_a_time_and_a_fresh_ring_goes_at_on
     # and lets exactly one probe through, which hangs too; then it backs off (5-10 s).
     await until(lambda: apns_standin.requests_received >= 4)
     await until(lambda: harness.dispatcher.status().in_flight == 0)
-    await asyncio.sleep(1.0)
+    # The probe's timeout put the link down; its loop now waits out 2.5-5 s of backoff and
+    # the rows wait for it (not probing: nobody may send).
+    assert harness.link_state() is LinkState.DOWN
+    assert harness.dispatcher.status().pending == 3
     assert apns_standin.requests_received == 4
-    assert harness.dispatcher.status().links == {"sandbox": False}
     # A fresh ring does not wait out that backoff: it is the next probe, now.
     second = harness.ring("front")
     await until(lambda: apns_standin.requests_received == 5, within=3.0)
@@ -285,3 +294,42 @@ async def test_a_ring_while_the_link_backs_off_is_tried_at_once(
     await until(lambda: patient.final(ring), within=3.0)
     assert patient.dispatcher.status().links == {"sandbox": True}
     assert apns_standin.connections == 1
+
+
+@pytest.mark.asyncio
+async def test_a_reconnect_with_nothing_queued_opens_the_link(
+    harness: Harness, apns_standin: ApnsStandIn
+) -> None:
+    apns_standin.set(refuse=True)
+    harness.dispatcher.connect_failed(Environment.SANDBOX, "refused at start")
+    await until(lambda: apns_standin.refused >= 2)
+    assert harness.dispatcher.status().links == {"sandbox": False}  # status: APNs unreachable
+    apns_standin.set(refuse=False)
+    # Back without a push to probe with: the link opens (status healthy again) by itself.
+    await until(lambda: harness.dispatcher.status().links == {"sandbox": True}, within=5.0)
+    assert apns_standin.requests_received == 0
+    ring = harness.ring("front")
+    await until(lambda: harness.final(ring))
+    assert len(apns_standin.received) == 3
+
+
+@pytest.mark.asyncio
+async def test_an_absurd_410_timestamp_never_reaches_the_outbox(
+    harness: Harness, apns_standin: ApnsStandIn
+) -> None:
+    dead = harness.tokens[0]
+    apns_standin.set(token_errors={dead: (410, "Unregistered")}, unregistered_timestamp_ms=2**63)
+    before_ms = time.time() * 1000
+    ring = harness.ring("front")
+    await until(lambda: harness.final(ring))
+    assert [(f.status, f.timestamp_ms) for f in harness.feedback] == [(410, None)]
+    # The outbox writer took the suppression (stamped with our clock) and keeps working.
+    assert harness.store.flush(5.0)
+    assert harness.store.health().ok
+    [stored] = harness.store.load_suppressed()
+    assert stored.token == dead
+    assert before_ms <= stored.timestamp_ms <= time.time() * 1000
+    later = harness.ring("back")
+    await until(lambda: harness.final(later))
+    assert harness.store.flush(5.0)
+    assert harness.store.load_pending() == []

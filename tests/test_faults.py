@@ -194,13 +194,69 @@ def test_503_on_half_the_requests_of_a_200_phone_ring(make_rig: Callable[..., Ri
     responses = rig.apns.responses()
     answered_503 = sum(p.status == 503 for p in responses)
     assert answered_503 > 50
-    assert rig.apns.call(lambda s: s.connections) == 1  # a 503 is an answer, not a dead link
+    # A 503 retires its connection (its open streams finish there): retries go on a fresh one.
+    connections = rig.apns.call(lambda s: s.connections)
+    assert 2 <= connections <= answered_503 + 1
     state(
         tally(
             "503 on 50% of requests, 200-phone ring",
             responses,
             each(rig.tokens),
-            figures={"answered_503": answered_503, "requests": len(responses)},
+            figures={
+                "answered_503": answered_503,
+                "requests": len(responses),
+                "connections": connections,
+            },
+        )
+    )
+
+
+def test_apns_back_with_nothing_queued_turns_status_healthy(make_rig: Callable[..., Rig]) -> None:
+    rig = make_rig(3)
+    rig.apns.set(refuse=True)
+    daemon = rig.start()
+    down = daemon.wait_status(lambda s: s["state"] == "degraded" and not s["apns"]["connected"])
+    assert any("APNs unreachable" in p for p in down["problems"]), down["problems"]
+    rig.apns.set(refuse=False)
+    # No ring needed to find out: the reconnect alone clears "APNs unreachable".
+    up = daemon.wait_status(lambda s: s["state"] == "healthy")
+    assert up["apns"]["connected"]
+    assert rig.apns.call(lambda s: s.requests_received) == 0
+    rig.ring("front")
+    rig.wait_delivered(lambda s: len(s.received) >= 3, "ring after APNs came back")
+    state(
+        tally(
+            "APNs unreachable at start, back with nothing queued",
+            rig.apns.responses(),
+            each(rig.tokens),
+            figures={"requests_before_the_ring": 0},
+        )
+    )
+
+
+def test_a_lost_apns_connection_is_reopened_before_the_next_ring(
+    make_rig: Callable[..., Rig],
+) -> None:
+    rig = make_rig(3)
+    daemon = rig.start()
+    rig.apns.wait_for(lambda s: s.connections == 1)  # warmed at start
+    rig.apns.set(goaway_after=3)  # Apple retires the connection after this ring's pushes
+    rig.ring("front")
+    rig.wait_delivered(lambda s: len(s.received) >= 3, "first ring")
+    rig.apns.set(goaway_after=None)
+    rig.apns.wait_for(lambda s: s.connections == 2)  # reopened without waiting for a ring
+    daemon.wait_status(lambda s: s["apns"]["connected"])
+    rig.ring("back")
+    rig.wait_delivered(lambda s: len(s.received) >= 6, "second ring")
+    pushes = rig.apns.received()
+    assert {p.connection for p in pushes[3:]} == {2}  # the ring found it warm
+    assert rig.apns.call(lambda s: s.connections) == 2
+    state(
+        tally(
+            "GOAWAY after a ring: reconnected before the next",
+            pushes,
+            each(rig.tokens, 2),
+            figures={"connections": 2},
         )
     )
 

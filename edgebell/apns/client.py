@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
+import random
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,15 +14,19 @@ from typing import Self
 from urllib.parse import urlsplit
 
 from edgebell.apns.auth import ApnsAuth
-from edgebell.apns.connection import ApnsConnection, StreamFailed
+from edgebell.apns.connection import ApnsConnection, Requeued, StreamFailed
 from edgebell.apns.model import APNS_PORT, Environment, Outcome, PushRequest, PushResult, classify
+from edgebell.backoff import full_jitter
 from edgebell.errors import ApnsTransportError
 from edgebell.privacy import short_token
+from edgebell.tokens import is_device_token
 
 log = logging.getLogger(__name__)
 
 _Header = tuple[bytes, bytes]
-_HEX = re.compile(r"[0-9A-Fa-f]+")
+# Apple's 410 timestamp is epoch milliseconds; from 2^53 on it is no real time (nor one a
+# float or SQLite holds exactly): such a value is treated as absent.
+_MAX_TIMESTAMP_MS = 2**53
 _POST = (b":method", b"POST")
 _HTTPS = (b":scheme", b"https")
 
@@ -51,9 +55,14 @@ class _Target:
 class ApnsClient:
     """Sends pushes to APNs; every APNs answer and transport failure becomes a ``PushResult``.
 
-    Connections are opened lazily (or warmed with :meth:`connect`), shared by all sends of
-    an environment, and replaced when they fail or the server sends GOAWAY. Retrying is the
-    caller's job: :meth:`send` makes exactly one attempt.
+    Connections are opened lazily (or warmed with :meth:`connect`) and shared by all sends
+    of an environment. Once an environment has had a connection it is kept open: when it is
+    lost (failure, failed health PING, the server's close or GOAWAY) or retired after a 5xx
+    answer (see :class:`ApnsConnection`), a new one is opened in the background at once,
+    then with backoff (``reconnect``: min and max seconds, full jitter) while that fails,
+    until it works or the client closes; so the next push finds it warm. Retrying a push
+    is the caller's job: :meth:`send` makes one attempt (a request that never got a stream
+    moves to the fresh connection).
     """
 
     def __init__(
@@ -65,6 +74,8 @@ class ApnsClient:
         connect_timeout: float = 10.0,
         request_timeout: float = 10.0,
         ping_interval: float = 60.0,
+        reconnect: tuple[float, float] = (1.0, 60.0),
+        rng: random.Random | None = None,
     ) -> None:
         self._auth = auth
         self._needs_jwt = auth.mode != "certificate"
@@ -74,8 +85,12 @@ class ApnsClient:
         self._targets = {env: _target(env, host_override) for env in Environment}
         self._ssl = _ssl_context(auth, ca_file)
         self._conns: dict[Environment, ApnsConnection] = {}
-        self._retired: list[ApnsConnection] = []  # draining after GOAWAY, closed at the end
+        self._retired: list[ApnsConnection] = []  # draining (GOAWAY, 5xx), closed at the end
         self._connecting: dict[Environment, asyncio.Task[ApnsConnection]] = {}
+        self._reconnect = reconnect
+        self._rng = rng or random.Random()
+        self._in_use: set[Environment] = set()  # had a connection: kept open from then on
+        self._keepers: dict[Environment, asyncio.Task[None]] = {}
         self._closed = False
         self._auth_header: tuple[str, tuple[bytes, bytes]] | None = None
         self._sent = 0
@@ -97,6 +112,10 @@ class ApnsClient:
     async def aclose(self) -> None:
         """Close every connection; pushes still in flight come back as TRANSPORT."""
         self._closed = True
+        keepers = list(self._keepers.values())
+        for keeper in keepers:
+            keeper.cancel()
+        await asyncio.gather(*keepers, return_exceptions=True)
         for task in self._connecting.values():
             task.cancel()
         conns = [*self._conns.values(), *self._retired]
@@ -124,8 +143,8 @@ class ApnsClient:
         """Push once; never raises for APNs answers or transport problems."""
         self._sent += 1
         authorization = self._auth.authorization()
-        if _HEX.fullmatch(request.token) is None:
-            result = _local(request, Outcome.FAILED, "device token is not hex")
+        if not is_device_token(request.token):
+            result = _local(request, Outcome.FAILED, "not a device token (16 to 200 hex digits)")
         elif authorization is None and self._needs_jwt:
             result = _local(
                 request, Outcome.AUTH_RENEW, f"no provider JWT to send ({self._auth.mode} auth)"
@@ -165,13 +184,22 @@ class ApnsClient:
 
     async def _attempt(self, request: PushRequest, authorization: str | None) -> PushResult:
         env = request.environment
+        headers = self._headers(request, authorization)
         try:
             conn = self._conns.get(env)
             if conn is None or not conn.available:
                 conn = await self._connection(env)
-            status, headers, body = await conn.request(
-                self._headers(request, authorization), request.payload, self._request_timeout
-            )
+            try:
+                status, response, body = await conn.request(
+                    headers, request.payload, self._request_timeout
+                )
+            except Requeued:
+                # Queued for a stream when the connection stopped taking new ones: nothing
+                # was sent, so it goes on the fresh connection, once.
+                conn = await self._connection(env)
+                status, response, body = await conn.request(
+                    headers, request.payload, self._request_timeout
+                )
         except ApnsTransportError as exc:
             # A connection that never came up never carried the request.
             unprocessed = exc.unprocessed if isinstance(exc, StreamFailed) else True
@@ -179,7 +207,7 @@ class ApnsClient:
                 request, Outcome.TRANSPORT, None, None, None, None, str(exc), unprocessed
             )
         apns_id = None
-        for name, value in headers:
+        for name, value in response:
             if name == b"apns-id":
                 apns_id = value.decode("ascii", "replace")
                 break
@@ -260,7 +288,7 @@ class ApnsClient:
                 connect_timeout=self._connect_timeout,
                 ping_interval=self._ping_interval,
                 ping_timeout=self._request_timeout,
-                on_lost=lambda c, reason: self._lost(env, reason),
+                on_lost=lambda c, reason: self._lost(env, c, reason),
             )
         except ApnsTransportError as exc:
             self._last_error = f"{env.value}: {exc}"
@@ -270,12 +298,41 @@ class ApnsClient:
             await conn.aclose()
             raise ApnsTransportError("the APNs client is closed")
         self._conns[env] = conn
+        self._in_use.add(env)
         log.info("connected to APNs %s at %s", env.value, conn.name)
         return conn
 
-    def _lost(self, env: Environment, reason: str) -> None:
-        self._last_error = f"{env.value}: {reason}"
-        log.warning("APNs %s connection failed: %s", env.value, reason)
+    def _lost(self, env: Environment, conn: ApnsConnection, reason: str) -> None:
+        """The connection stopped taking requests by itself: open the next one now."""
+        if not conn.alive:  # failed; after a GOAWAY or a 5xx it drains (and logged that)
+            self._last_error = f"{env.value}: {reason}"
+            log.warning("APNs %s connection failed: %s", env.value, reason)
+        if self._conns.get(env) is conn:
+            self._keep(env)
+
+    def _keep(self, env: Environment) -> None:
+        """Reopen ``env``'s connection in the background (one task per environment)."""
+        if self._closed or env not in self._in_use:
+            return
+        keeper = self._keepers.get(env)
+        if keeper is None or keeper.done():
+            self._keepers[env] = asyncio.create_task(self._reopen(env), name=f"apns-keep-{env}")
+
+    async def _reopen(self, env: Environment) -> None:
+        failures = 0
+        while not self._closed:
+            conn = self._conns.get(env)
+            if conn is not None and conn.available:
+                return  # a push (or connect()) opened it meanwhile
+            if failures:
+                low, high = self._reconnect
+                await asyncio.sleep(full_jitter(failures, low, high, self._rng.random))
+            try:
+                await self._connection(env)
+            except ApnsTransportError:
+                failures += 1  # _open logged it; the network may be down: back off
+            else:
+                return
 
 
 def _local(request: PushRequest, outcome: Outcome, detail: str) -> PushResult:
@@ -293,10 +350,13 @@ def _error_body(body: bytes) -> tuple[str | None, int | None]:
         return None, None
     reason = document.get("reason")
     timestamp = document.get("timestamp")
-    return (
-        reason if isinstance(reason, str) else None,
-        timestamp if isinstance(timestamp, int) and not isinstance(timestamp, bool) else None,
-    )
+    if (
+        not isinstance(timestamp, int)
+        or isinstance(timestamp, bool)
+        or not 0 <= timestamp < _MAX_TIMESTAMP_MS
+    ):
+        timestamp = None
+    return reason if isinstance(reason, str) else None, timestamp
 
 
 def _target(env: Environment, override: str | None) -> _Target:

@@ -44,6 +44,14 @@ class StreamFailed(ApnsTransportError):
         self.unprocessed = unprocessed
 
 
+class Requeued(StreamFailed):
+    """The request never got a stream: the connection stopped taking new ones (GOAWAY, a
+    retirement, no stream ids left) while it waited. It may go on another connection."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, unprocessed=True)
+
+
 class _ApnsEncoder(hpack.Encoder):
     """hpack's encoder, with the header block of the repeated headers memoised.
 
@@ -167,6 +175,10 @@ class ApnsConnection(asyncio.Protocol):
 
     Open with :meth:`open`; then :meth:`request` until :attr:`available` turns False, and
     :meth:`aclose`. Every failure surfaces as :class:`StreamFailed` (an ``ApnsTransportError``).
+    A 5xx answer retires the connection (DESIGN.md: the retry goes on a fresh connection):
+    no new stream starts on it, open ones finish, then it closes. ``on_lost(conn, reason)``
+    is called once when the connection stops taking new requests without being asked to
+    (a failure, a failed health PING, the server's close or GOAWAY, a 5xx, no stream ids).
     """
 
     def __init__(
@@ -197,7 +209,7 @@ class ApnsConnection(asyncio.Protocol):
         self._max_streams = 1  # until the server's SETTINGS say otherwise
         self._settled: asyncio.Future[None] = self._loop.create_future()
         self._lost: asyncio.Future[None] = self._loop.create_future()
-        self._draining = False  # GOAWAY received (or closing): no new streams
+        self._draining = False  # GOAWAY received, retired or closing: no new streams
         self._dead: str | None = None  # why no request can succeed any more
         self._pings: dict[bytes, asyncio.Future[None]] = {}
         self._ping_ids = itertools.count(1)
@@ -353,8 +365,9 @@ class ApnsConnection(asyncio.Protocol):
             # 2^30 requests on one connection: time for a new one.
             self._draining = True
             reason = "connection ran out of stream ids"
-            stream.future.set_exception(StreamFailed(reason, unprocessed=True))
-            self._fail_waiting(reason)
+            stream.future.set_exception(Requeued(reason))
+            self._fail_waiting(reason, requeue=True)
+            self._tell_lost(reason)
             if not self._streams:
                 self._drained()
             return
@@ -532,14 +545,13 @@ class ApnsConnection(asyncio.Protocol):
 
     def _on_end(self, event: h2.events.StreamEnded) -> None:
         sid = event.stream_id
-        pending = self._streams.get(sid)
-        if pending is not None and pending.body:
+        stream = self._streams.get(sid)
+        if stream is None:
+            return
+        if stream.body:
             # Answered before our body was all out (a 413): stop sending, close the stream.
             with contextlib.suppress(h2.exceptions.ProtocolError):
                 self._h2.reset_stream(sid, ErrorCodes.CANCEL)
-        stream = self._finish(sid)
-        if stream is None or stream.future.done():
-            return
         status = None
         for name, value in stream.response:
             if name == b":status":
@@ -548,6 +560,13 @@ class ApnsConnection(asyncio.Protocol):
         try:
             code = int(status)  # type: ignore[arg-type]
         except (TypeError, ValueError):
+            code = 0
+        if code >= 500:
+            self._retire(f"APNs answered {code}")  # before _finish hands the slot on
+        self._finish(sid)
+        if stream.future.done():
+            return
+        if code == 0:
             stream.future.set_exception(StreamFailed("response without a valid :status"))
             return
         stream.future.set_result((code, stream.response, b"".join(stream.chunks)))
@@ -609,7 +628,8 @@ class ApnsConnection(asyncio.Protocol):
             self._blocked.discard(stream)
             if not stream.future.done():
                 stream.future.set_exception(StreamFailed(failure, unprocessed=True))
-        self._fail_waiting(failure)
+        self._fail_waiting(failure, requeue=True)  # never started: nothing was sent
+        self._tell_lost(self.last_error)
         if not self._streams:
             self._drained()
 
@@ -638,6 +658,17 @@ class ApnsConnection(asyncio.Protocol):
 
     # -- failure ----------------------------------------------------------------------
 
+    def _retire(self, reason: str) -> None:
+        """Start no new stream here: queued requests fail as :class:`Requeued` (for a fresh
+        connection), open streams finish, then the connection closes (see :meth:`_finish`)."""
+        if not self.available:
+            return
+        self._draining = True
+        self.last_error = reason
+        log.info("APNs %s: %s, no new streams on this connection", self.name, reason)
+        self._fail_waiting(reason, requeue=True)
+        self._tell_lost(reason)
+
     def _drained(self) -> None:
         """After GOAWAY, the last open stream has finished: say goodbye."""
         if self._transport is not None and self._dead is None:
@@ -653,8 +684,13 @@ class ApnsConnection(asyncio.Protocol):
         self._fail_all(reason)
         if self._transport is not None:
             self._transport.abort()
-        if first and self._on_lost is not None:
-            self._on_lost(self, reason)
+        if first:
+            self._tell_lost(reason)
+
+    def _tell_lost(self, reason: str) -> None:
+        callback, self._on_lost = self._on_lost, None  # once per connection
+        if callback is not None:
+            callback(self, reason)
 
     def _fail_all(self, reason: str) -> None:
         if self._dead is None:
@@ -680,12 +716,14 @@ class ApnsConnection(asyncio.Protocol):
             if not future.done():
                 future.set_exception(StreamFailed(reason))
 
-    def _fail_waiting(self, reason: str) -> None:
+    def _fail_waiting(self, reason: str, *, requeue: bool = False) -> None:
         waiting = self._waiting
         while waiting:
             stream = waiting.popleft()
             if not stream.future.done():
-                stream.future.set_exception(StreamFailed(reason, unprocessed=True))
+                stream.future.set_exception(
+                    Requeued(reason) if requeue else StreamFailed(reason, unprocessed=True)
+                )
 
     def _unavailable_reason(self) -> str:
         if self._dead is not None:

@@ -396,8 +396,8 @@ class Dispatcher:
         stamp = (
             result.timestamp_ms if result.timestamp_ms is not None else int(self._clock() * 1000)
         )
-        self._tokens.suppress(n.token, Suppression(status, reason, stamp))
-        self._store.suppress(Suppressed(n.token, status, reason, stamp))
+        self._tokens.suppress(n.token, Suppression(status, reason, stamp, n.env, self._topic))
+        self._store.suppress(Suppressed(n.token, status, reason, stamp, n.env, self._topic))
         self._token_backoff.pop(n.token, None)
         log.warning(
             "APNs says token %s is dead (%s %s): no more pushes to it",

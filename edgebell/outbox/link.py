@@ -7,8 +7,10 @@ queued notification waits. A reconnect that works is not yet proof: an APNs that
 accepts connections and answers PINGs may still never answer a request. So the
 link first lets one push through as a probe; any answer from Apple opens the gate
 for everyone, another transport failure puts the link down again, backing off
-further. A fresh ring skips the backoff wait: a person at the door is worth one
-attempt now, and rings are too rare to hammer anything.
+further. With no push waiting there is nothing to probe with: the reconnect opens
+the link, and the next push is the test. A fresh ring skips the backoff wait: a
+person at the door is worth one attempt now, and rings are too rare to hammer
+anything.
 """
 
 from __future__ import annotations
@@ -42,7 +44,6 @@ class Link:
         *,
         connect: Callable[[], Awaitable[None]],
         delay: Callable[[int], float],
-        on_change: Callable[[Link], None] = lambda _: None,
     ) -> None:
         """``connect`` opens or health-checks the connection (raising when it cannot);
         ``delay(n)`` is the wait before reconnect attempt ``n`` (1-based)."""
@@ -52,16 +53,11 @@ class Link:
         self.outages = 0  # times the link went down (status, tests)
         self._connect = connect
         self._delay = delay
-        self._on_change = on_change
         self._failures = 0  # consecutive failed reconnects or probes since the link last worked
         self._probe_out = False
         self._queue: collections.deque[Ticket] = collections.deque()
         self._loop_task: asyncio.Task[None] | None = None
         self._nudge = asyncio.Event()
-
-    @property
-    def up(self) -> bool:
-        return self.state is LinkState.UP
 
     # -- pushes ask, and say how it went ---------------------------------------------
 
@@ -116,7 +112,6 @@ class Link:
             self.outages += 1
             log.warning("APNs %s unreachable (%s): pushes wait and retry", self.name, detail)
         self.state = LinkState.DOWN
-        self._on_change(self)
         if self._loop_task is None or self._loop_task.done():
             self._loop_task = asyncio.create_task(self._reconnect(), name=f"link-{self.name}")
 
@@ -145,9 +140,12 @@ class Link:
                 continue
             if self.state is not LinkState.DOWN:
                 return  # an answer from Apple opened the link meanwhile
+            if all(ticket.done() for ticket in self._queue):
+                log.info("APNs %s connected again; no push waits", self.name)
+                self._set_up(quiet=True)
+                return
             log.info("APNs %s connected again: probing with one push", self.name)
             self.state = LinkState.PROBING
-            self._on_change(self)
             self._next_probe()
             return
 
@@ -162,20 +160,19 @@ class Link:
                 return
         # Nobody waits: the next push to ask becomes the probe.
 
-    def _set_up(self) -> None:
+    def _set_up(self, *, quiet: bool = False) -> None:
         was = self.state
         self.state = LinkState.UP
         self._probe_out = False
         task, self._loop_task = self._loop_task, None
         if task is not None and not task.done() and task is not asyncio.current_task():
             task.cancel()
-        if was is not LinkState.UP:
+        if was is not LinkState.UP and not quiet:
             log.info("APNs %s answers again: sending what waited", self.name)
         queue, self._queue = self._queue, collections.deque()
         for ticket in queue:
             if not ticket.done():
                 ticket.set_result(False)
-        self._on_change(self)
 
     async def close(self) -> None:
         task, self._loop_task = self._loop_task, None
