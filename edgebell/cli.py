@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 from edgebell import __version__
-from edgebell.errors import ConfigError, ControlError, EdgebellError
+from edgebell.errors import ConfigError, ControlError, EdgebellError, NotRunningError
 
 if TYPE_CHECKING:
     from edgebell.config import Config
@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 EXIT_OK = 0
 EXIT_FAILED = 1  # degraded status, ring refused, a test push not delivered
 EXIT_CONFIG = 2
-EXIT_NOT_RUNNING = 3
+EXIT_NOT_RUNNING = 3  # `status` only: the other commands fail (1) when no daemon runs
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -63,9 +63,12 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
     except ConfigError as exc:
         print(f"edgebell: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    except ControlError as exc:
+    except NotRunningError as exc:
         print(f"edgebell: {exc}", file=sys.stderr)
-        return EXIT_NOT_RUNNING
+        return EXIT_NOT_RUNNING if args.command == "status" else EXIT_FAILED
+    except ControlError as exc:  # the daemon runs but does not answer, or answers nonsense
+        print(f"edgebell: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     except EdgebellError as exc:
         print(f"edgebell: {exc}", file=sys.stderr)
         return EXIT_FAILED

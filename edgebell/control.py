@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from edgebell.errors import ControlError
+from edgebell.errors import ControlError, NotRunningError
 
 JSON = dict[str, Any]
 
@@ -30,7 +30,7 @@ def _connect(path: Path, timeout: float) -> socket.socket:
         s.connect(str(path))
     except (FileNotFoundError, ConnectionRefusedError) as exc:
         s.close()
-        raise ControlError(
+        raise NotRunningError(
             f"not running: no edgebell daemon answers on {path} "
             "(under systemd: systemctl status edgebell)"
         ) from exc
@@ -63,7 +63,9 @@ def stream(path: Path, request: JSON, *, timeout: float | None = 10.0) -> Iterat
             try:
                 chunk = s.recv(65536)
             except TimeoutError as exc:
-                raise ControlError("the daemon did not answer in time") from exc
+                raise ControlError(
+                    f"the daemon on {path} is not answering (no reply within {timeout:g} s)"
+                ) from exc
             except OSError as exc:
                 raise ControlError(f"lost the connection to the daemon: {exc}") from exc
             if not chunk:

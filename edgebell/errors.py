@@ -74,3 +74,7 @@ class CloudError(EdgebellError):
 
 class ControlError(EdgebellError):
     """The control socket: no daemon is running, or the request was refused."""
+
+
+class NotRunningError(ControlError):
+    """No daemon listens on the control socket (as opposed to one that does not answer)."""

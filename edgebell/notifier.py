@@ -51,14 +51,22 @@ class Notifier:
 
     def payload(self, ring: Ring, *, title: str | None = None, body: str | None = None) -> bytes:
         default_title, default_body = self._template.render(ring)
+        return self._build(
+            ring,
+            default_title if title is None else title,
+            default_body if body is None else body,
+        )
+
+    def _build(self, ring: Ring, title: str, body: str, rings: int = 1) -> bytes:
         return build_payload(
-            title=default_title if title is None else title,
-            body=default_body if body is None else body,
+            title=title,
+            body=body,
             sound=self._template.sound,
             thread_id=ring.button,
             ring_id=ring.ring_id,
             button=ring.button,
             at=iso_time(ring.at),
+            rings=rings,
         )
 
     def collapsed(self, older: Notification, newer: Notification, button_name: str) -> Notification:
@@ -72,19 +80,9 @@ class Notifier:
         last = newer if newer.latest_at >= older.latest_at else older
         ring = Ring(last.latest_ring_id, newer.button, button_name, last.latest_at)
         title, body = self._template.render_collapsed(ring, rings)
-        payload = build_payload(
-            title=title,
-            body=body,
-            sound=self._template.sound,
-            thread_id=ring.button,
-            ring_id=ring.ring_id,
-            button=ring.button,
-            at=iso_time(ring.at),
-            rings=rings,
-        )
         return replace(
             older,
-            payload=payload,
+            payload=self._build(ring, title, body, rings),
             expires_at=max(older.expires_at, newer.expires_at),
             rings=rings,
             last_ring_id=ring.ring_id,

@@ -5,9 +5,12 @@ from __future__ import annotations
 import logging
 import re
 
-# Device tokens are hex of variable length: any run of 32+ hex digits is treated as one, even
-# glued to other text ("0x…", inside a URL), since a false positive only costs log detail.
-_TOKEN_RE = re.compile(r"([0-9A-Fa-f]{8})[0-9A-Fa-f]{24,}")
+from edgebell.tokens import MIN_TOKEN_HEX
+
+# Device tokens are hex of variable length: any run as long as the shortest token the config
+# and the cloud accept is treated as one, even glued to other text ("0x…", inside a URL),
+# since a false positive only costs log detail.
+_TOKEN_RE = re.compile(rf"([0-9A-Fa-f]{{8}})[0-9A-Fa-f]{{{MIN_TOKEN_HEX - 8},}}")
 # A JWS compact serialisation: base64url header (starts "eyJ", i.e. '{"'), payload, signature.
 _JWT_RE = re.compile(r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 

@@ -14,18 +14,6 @@ from typing import Any
 
 from edgebell.config import Config
 
-# Key paths a reload applies (for the documentation and the log; adopt() is the rule).
-RELOADABLE = (
-    "buttons",
-    "radio.debounce",
-    "radio.cooldown",
-    "tokens",
-    "apns.environment",
-    "apns.expiration",
-    "apns.notification",
-    "log_level",
-)
-
 
 def adopt(running: Config, new: Config) -> Config:
     """``running`` with every setting a reload can apply taken from ``new``."""

@@ -2,8 +2,21 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+
+# Device tokens are hex of variable length (never assume Apple's 64 digits): whole bytes,
+# 16 to 200 digits. The one rule for the config, the cloud's list, commands and the client.
+MIN_TOKEN_HEX = 16
+DEVICE_TOKEN = re.compile(r"(?:[0-9a-fA-F]{2}){8,100}")
+# Apple's 400 BadDeviceToken / DeviceTokenNotForTopic: dead for that environment and app only.
+BOUND_STATUS = 400
+
+
+def is_device_token(text: str) -> bool:
+    """Whether ``text`` is a device token: an even number (16 to 200) of hex digits."""
+    return DEVICE_TOKEN.fullmatch(text) is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,11 +36,17 @@ class AuthorisedToken:
 
 @dataclass(frozen=True, slots=True)
 class Suppression:
-    """Apple said this token is dead; ``timestamp_ms`` is Apple's, or when we heard it."""
+    """Apple said this token is dead; ``timestamp_ms`` is Apple's, or when we heard it.
+
+    ``env`` and ``topic`` are where the push that Apple refused went: a 400 refusal
+    holds only while the token is pushed there (None: not recorded, so it never holds).
+    """
 
     status: int
     reason: str
     timestamp_ms: int
+    env: str | None = None
+    topic: str | None = None
 
 
 class TokenBook:
@@ -36,12 +55,19 @@ class TokenBook:
     A listed token stays suppressed until a list arrives whose entry for it was
     registered after Apple's timestamp: the phone re-registered, so the token
     lives again. Unlisting a token forgets nothing about its suppression.
+
+    A 400 (BadDeviceToken, DeviceTokenNotForTopic) says the token is dead for one
+    environment and app: it holds only while the token's ``env`` and the ``topic``
+    in use are those Apple refused, so fixing a wrong ``apns.environment`` or
+    ``apns.topic`` brings the phones back (a token that is dead there too is
+    refused once more and suppressed again).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, topic: str | None = None) -> None:
         self._tokens: dict[str, AuthorisedToken] = {}
         self._suppressed: dict[str, Suppression] = {}
         self.ver: int | None = None
+        self.topic = topic
 
     def replace(self, tokens: Iterable[AuthorisedToken], ver: int | None) -> None:
         self._tokens = {t.token: t for t in tokens}
@@ -64,6 +90,8 @@ class TokenBook:
         s = self._suppressed.get(entry.token)
         if s is None:
             return False
+        if s.status == BOUND_STATUS and (s.env != entry.env or s.topic != self.topic):
+            return False
         return entry.registered_at is None or entry.registered_at <= s.timestamp_ms
 
     def for_button(self, button: str) -> list[AuthorisedToken]:
@@ -71,10 +99,6 @@ class TokenBook:
 
     def active(self) -> list[AuthorisedToken]:
         return [t for t in self._tokens.values() if not self._is_suppressed(t)]
-
-    @property
-    def listed(self) -> int:
-        return len(self._tokens)
 
     @property
     def suppressed_count(self) -> int:

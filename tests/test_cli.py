@@ -135,20 +135,42 @@ def test_status_says_when_there_is_no_phone_to_notify(gateway_files: GatewayFile
     assert "! no phone to notify (empty token list)" in result.stdout
 
 
-def test_status_when_no_daemon_answers_exits_3_with_one_clear_line(
+def test_when_no_daemon_runs_status_exits_3_and_other_commands_1_with_one_clear_line(
     daemon: DaemonProcess,
 ) -> None:
     daemon.stop(signal.SIGKILL)  # killed: the socket file stays behind, nobody listens
     sock = daemon.files.control_socket
     assert sock.exists()
-    for args in (("status",), ("status", "--json"), ("ring", "front")):
+    for args, code in (
+        (("status",), 3),
+        (("status", "--json"), 3),
+        (("ring", "front"), 1),
+        (("test-push",), 1),
+        (("learn",), 1),
+    ):
         result = daemon.cli(*args)
-        assert result.returncode == 3
+        assert (args, result.returncode) == (args, code)
         assert result.stdout == ""
         assert result.stderr.splitlines() == [
             f"edgebell: not running: no edgebell daemon answers on {sock} "
             "(under systemd: systemctl status edgebell)"
         ]
+
+
+def test_a_daemon_that_does_not_answer_is_not_answering_not_not_running(
+    daemon: DaemonProcess,
+) -> None:
+    assert daemon.proc is not None
+    daemon.proc.send_signal(signal.SIGSTOP)  # hung: the kernel still takes the connection
+    try:
+        result = daemon.cli("status")
+    finally:
+        daemon.proc.send_signal(signal.SIGCONT)
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        f"edgebell: the daemon on {daemon.files.control_socket} is not answering "
+        "(no reply within 5 s)"
+    ]
 
 
 def test_only_root_and_the_daemons_group_may_ask(daemon: DaemonProcess, tmp_path: Path) -> None:
@@ -186,7 +208,7 @@ def test_only_root_and_the_daemons_group_may_ask(daemon: DaemonProcess, tmp_path
             sock.chmod(0o660)
     finally:
         shutil.rmtree(shared)
-    assert denied.returncode == 3
+    assert denied.returncode == 1  # the daemon may well be running: 3 would say it is not
     assert denied.stderr.splitlines() == [
         f"edgebell: permission denied on {sock}: run as root or as a member of group {group} "
         f"(usermod -aG {group} $USER, then log in again)"

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import platformdirs
 import pytest
+import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
@@ -18,6 +19,7 @@ from cryptography.x509.oid import NameOID
 from hypothesis import given
 from hypothesis import strategies as st
 
+from edgebell.cli import main as cli_main
 from edgebell.config import (
     CertificateAuthConfig,
     Config,
@@ -30,6 +32,7 @@ from edgebell.config import (
     default_control_socket,
     default_state_dir,
     load_config,
+    yamltree,
 )
 from edgebell.config import defaults as config_defaults
 from edgebell.durations import format_duration, parse_duration
@@ -673,6 +676,49 @@ def test_bad_notification_template(write: Write, body: str, message: str) -> Non
     )
     path = write(text)
     assert error_of(path).startswith(f"{path}:9: apns.notification.body: {message}")
+
+
+def test_a_sound_too_long_for_any_push_is_refused_by_check_config(
+    write: Write, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def with_sound(sound: str) -> Path:
+        return write(
+            replace(
+                MINIMAL,
+                "environment: production",
+                f"environment: production\n  notification:\n    sound: {sound}",
+            )
+        )
+
+    assert load(with_sound("s" * 256)).apns.notification.sound == "s" * 256
+    path = with_sound("s" * 3900)  # left no room in the payload: every ring would fail
+    assert error_of(path).startswith(
+        f"{path}:10: apns.notification.sound: too long (3900 bytes, at most 256)"
+    )
+    assert cli_main(["check-config", "--config", str(path)]) == 2
+    assert "apns.notification.sound: too long" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("shape", ["flow", "block"])
+def test_deeply_nested_yaml_is_a_config_error_with_either_yaml_parser(
+    write: Write,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    shape: str,
+) -> None:
+    depth = 5000
+    if shape == "flow":
+        path = write(MINIMAL + "log_level: " + "[" * depth + "]" * depth + "\n")
+    else:
+        path = write(MINIMAL + "log_level:\n" + "".join(" " * i + "- \n" for i in range(depth)))
+    for loader in (yaml.SafeLoader, getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
+        # Without libyaml (a PyYAML built from source) the pure-Python parser recurses.
+        monkeypatch.setattr(yamltree, "_LOADER", loader)
+        message = error_of(path)
+        assert message.startswith(f"{path}"), message
+        assert "nest" in message, message
+        assert cli_main(["check-config", "--config", str(path)]) == 2
+        assert "configuration error" in capsys.readouterr().err
 
 
 def test_certificate_and_delegated_auth(write: Write, tmp_path: Path) -> None:

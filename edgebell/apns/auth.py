@@ -17,12 +17,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import pkcs12
 
 from edgebell.apns.es256 import sign_es256
-from edgebell.apns.model import Outcome, PushResult
+from edgebell.apns.model import JWT_REFRESH_RANGE, Outcome, PushResult
 from edgebell.errors import ApnsAuthError
 
 MAX_JWT_AGE = 60 * 60  # Apple refuses a provider JWT whose iat is more than an hour old
-MIN_REFRESH = 20 * 60  # Apple refuses new JWTs more often than every 20 minutes
-MAX_REFRESH = 55 * 60
+MIN_REFRESH, MAX_REFRESH = JWT_REFRESH_RANGE
 # Even while holding a JWT after TooManyProviderTokenUpdates, a new one is made this early,
 # leaving a margin for the difference between our clock and Apple's.
 HARD_LIMIT = MAX_JWT_AGE - 2 * 60

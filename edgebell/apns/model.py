@@ -8,6 +8,9 @@ from dataclasses import dataclass
 from edgebell.privacy import short_token
 
 APNS_PORT = 443
+# Apple refuses a provider JWT refreshed more often than every 20 minutes or older than 60;
+# refreshing by 55 leaves slack for the difference between our clock and Apple's.
+JWT_REFRESH_RANGE = (20 * 60, 55 * 60)
 
 
 class Environment(enum.StrEnum):

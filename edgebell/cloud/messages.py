@@ -17,11 +17,11 @@ from edgebell.cloud.tokenlist import MAX_MESSAGE_BYTES
 from edgebell.errors import CloudError
 from edgebell.outbox.dispatcher import DeliveryReport, Feedback
 from edgebell.rings import Ring, iso_time
+from edgebell.tokens import is_device_token
 
 COMMANDS = ("ping", "ring", "test-push", "resync")
 OFFLINE = b'{"state":"offline"}'
 
-_HEX = re.compile(r"(?:[0-9a-fA-F]{2}){8,100}")
 _JWS = re.compile(r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
 _MAX_ID = 256
 
@@ -143,7 +143,7 @@ def parse_command(data: bytes) -> Command:
     if name == "ring" and not isinstance(button, str):
         raise BadCommand("ring needs a button id", command_id)
     if name == "test-push" and token is not None:
-        if not isinstance(token, str) or not _HEX.fullmatch(token):
+        if not isinstance(token, str) or not is_device_token(token):
             raise BadCommand("token must be hex (16 to 200 digits)", command_id)
         token = token.lower()
     return Command(

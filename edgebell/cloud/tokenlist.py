@@ -18,14 +18,13 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edgebell.errors import CloudError
-from edgebell.tokens import AuthorisedToken
+from edgebell.tokens import AuthorisedToken, is_device_token
 
 MAX_MESSAGE_BYTES = 128 * 1024  # the contract's payload limit (AWS IoT Core's)
 ALGORITHM = "EdDSA"
 ENVIRONMENTS = frozenset({"production", "sandbox"})
 # SQLite stores integers in 64 bits; a bigger ver would fail the outbox write of every push.
 _MAX_INT = 2**63 - 1
-_HEX = re.compile(r"(?:[0-9a-fA-F]{2}){8,100}")  # 16 to 200 hex digits, like config tokens
 _BUTTON = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 # The signature may be empty here: an unsigned ("alg": "none") list is then refused as such.
 _JWS = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
@@ -156,7 +155,7 @@ def _entry(entry: object, where: str, ver: int) -> AuthorisedToken:
     if not isinstance(entry, dict):
         raise TokenListRefused(Refusal.MALFORMED, f"{where} must be an object", ver=ver)
     token = entry.get("token")
-    if not isinstance(token, str) or not _HEX.fullmatch(token):
+    if not isinstance(token, str) or not is_device_token(token):
         raise TokenListRefused(
             Refusal.MALFORMED,
             f"{where}.token must be an even number (16 to 200) of hex digits",

@@ -12,6 +12,7 @@ from typing import cast
 
 import yaml
 
+from edgebell.apns.model import JWT_REFRESH_RANGE
 from edgebell.config.defaults import (
     default_config_path,
     default_control_socket,
@@ -41,8 +42,10 @@ from edgebell.config.yamltree import Document, Fields, compose
 from edgebell.durations import format_duration
 from edgebell.errors import ConfigError
 from edgebell.privacy import short_token
+from edgebell.radio.decoders import default_baudrate
 from edgebell.radio.keys import PROTOCOLS, ButtonKey, key_from_match
 from edgebell.secrets import resolve_secret_path
+from edgebell.tokens import MIN_TOKEN_HEX, is_device_token
 
 TOP_KEYS = (
     "gateway",
@@ -108,9 +111,8 @@ MIN_OUTBOX_SIZE = 64 * 1024
 _SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmg]i?b?|b)?\s*", re.IGNORECASE)
 _SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
 
-DEFAULT_BAUDRATE: dict[str, int] = {"rflink": 57600, "rcswitch": 9600, "lines": 9600}
-# Apple wants a provider JWT refreshed after 20 and before 60 minutes; 55 leaves clock slack.
-JWT_REFRESH_RANGE = (20 * 60.0, 55 * 60.0)
+# A sound is the name of a file in the app: this leaves the payload room for the alert text.
+MAX_SOUND_BYTES = 256
 # sun_path holds 108 bytes including the terminating NUL.
 MAX_SOCKET_PATH = 107
 
@@ -118,7 +120,6 @@ _GATEWAY_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _BUTTON_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _APPLE_ID = re.compile(r"[A-Z0-9]{10}")
 _TOPIC = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-_HEX = re.compile(r"[0-9a-fA-F]*")
 _SAMPLE = {
     "button_name": "Front door",
     "button": "front",
@@ -250,7 +251,7 @@ class _Loader:
             Protocol, self.doc.choice(fields.require("protocol"), "radio.protocol", PROTOCOLS)
         )
         baud_node = fields.get("baudrate")
-        baudrate = DEFAULT_BAUDRATE[protocol]
+        baudrate = default_baudrate(protocol)
         if baud_node is not None:
             baudrate = self.doc.integer(baud_node, "radio.baudrate")
             if baudrate <= 0:
@@ -437,6 +438,13 @@ class _Loader:
             sound_node = fields.get("sound")
             # An explicit null means a silent notification.
             sound = None if sound_node is None else self.doc.text(sound_node, fields.key("sound"))
+            if sound is not None and len(sound.encode()) > MAX_SOUND_BYTES:
+                raise self.doc.error(
+                    sound_node,
+                    fields.key("sound"),
+                    f"too long ({len(sound.encode())} bytes, at most {MAX_SOUND_BYTES}): "
+                    "it is the name of a sound file in the app, or default",
+                )
         return NotificationConfig(
             title=self.template(fields, "title", defaults.title),
             body=self.template(fields, "body", defaults.body),
@@ -557,12 +565,12 @@ class _Loader:
 
     def token(self, node: yaml.Node, path: str) -> str:
         text = self.doc.text(node, path).strip()
-        if not (_HEX.fullmatch(text) and len(text) % 2 == 0 and 16 <= len(text) <= 200):
+        if not is_device_token(text):
             raise self.doc.error(
                 node,
                 path,
                 f"{_preview(text)} ({len(text)} characters) is not a device token: "
-                "a token is an even number (16 to 200) of hex digits",
+                f"a token is an even number ({MIN_TOKEN_HEX} to 200) of hex digits",
             )
         return text.lower()
 

@@ -50,6 +50,12 @@ def compose(text: str, file: str) -> yaml.Node | None:
         ) from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"YAML error: {type(exc).__name__}", file=file) from None
+    except RecursionError:
+        # PyYAML's pure-Python composer recurses per level (libyaml stops at 1000 levels).
+        raise ConfigError(
+            "YAML nested too deeply (no edgebell setting is more than a few levels deep)",
+            file=file,
+        ) from None
 
 
 class Document:
