@@ -77,14 +77,15 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
 
 
 def _dispatch(args: argparse.Namespace, out: TextIO) -> int:
-    from edgebell.config import check_config, load_config
-
     if args.command == "cloud":  # the cloud side's tools need no gateway config
         from edgebell.cloud.cli import run as run_cloud_tool
 
         return run_cloud_tool(args, out)
     command: str = args.command
     if command in ("check-config", "run"):
+        # check_config loads the cryptography package: client commands stay without it.
+        from edgebell.config import check_config, load_config
+
         config = load_config(args.config)
         if command == "run":
             return _run(config)

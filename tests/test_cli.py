@@ -17,10 +17,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+import platformdirs
 import pytest
 import yaml
 from fixtures_service import edit_config, reload
 
+import edgebell
 from edgebell import __version__
 from edgebell.privacy import short_token
 from edgebell.testing.fake_receiver import FakeReceiver
@@ -185,14 +187,25 @@ def test_only_root_and_the_daemons_group_may_ask(daemon: DaemonProcess, tmp_path
     shutil.copy(daemon.files.config, config)
     config.chmod(0o644)
 
+    # The checkout and its venv may sit in a directory only root can enter (a CI clone in
+    # a mktemp dir): give the other user its own readable copy of what `status` imports.
+    lib = shared / "lib"
+    for module in (edgebell, yaml, platformdirs):
+        package = Path(module.__file__ or "").parent
+        shutil.copytree(package, lib / package.name, ignore=shutil.ignore_patterns("__pycache__"))
+    for path in shared.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+
     def status_as(*who: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [*who, sys.executable, "-m", "edgebell", "status", "--config", str(config)],
+            # -S: no site-packages (the venv's may be unreadable); the copy comes first instead.
+            [*who, sys.executable, "-S", "-m", "edgebell", "status", "--config", str(config)],
             capture_output=True,
             text=True,
             timeout=30,
             check=False,
             cwd="/",
+            env={**os.environ, "PYTHONPATH": str(lib)},
         )
 
     try:
