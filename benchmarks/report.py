@@ -568,7 +568,8 @@ def notes(results: dict[str, Any]) -> list[str]:
             out.append(
                 f"Idle RSS ({m['rss']} MiB) misses 40 MB: importing the daemon's modules alone"
                 f" takes {floor} MiB RSS in a bare interpreter — CPython, OpenSSL (ssl),"
-                " cryptography's Rust library (the ES256 provider JWT), PyYAML, h2, aiomqtt —"
+                " cryptography's Rust library (the ES256 provider JWT), PyYAML, h2 (and aiomqtt"
+                " on a gateway with a cloud section) —"
                 f" before the daemon holds any data; most of it is shared library pages (PSS"
                 f" {m['pss']} MiB, private {m['uss']} MiB). 1,000 tokens add well under 1 MiB."
                 " Getting under 40 MB means fewer or lighter dependencies, not less data."
@@ -589,7 +590,7 @@ def notes(results: dict[str, Any]) -> list[str]:
                 f"`edgebell status` ({s} ms, {small} ms with a 3-token config) is mostly a new"
                 " Python process: interpreter start and imports; the control socket answers in"
                 " well under a millisecond. A config with thousands of static tokens adds the"
-                " time PyYAML's pure-Python composer takes to read them."
+                " time the YAML parser takes to read them (libyaml's, when PyYAML has it)."
             )
     fleet = results.get("fleet")
     if fleet:
