@@ -30,7 +30,7 @@ from edgebell.control_server import ControlServer
 from edgebell.errors import ApnsError, ConfigError
 from edgebell.logs import set_level
 from edgebell.notifier import Notifier, Template
-from edgebell.outbox.dispatcher import DeliveryReport, Dispatcher, Feedback
+from edgebell.outbox.dispatcher import LINK_RETRY_MAX, DeliveryReport, Dispatcher, Feedback
 from edgebell.outbox.store import OutboxStore
 from edgebell.privacy import short_token
 from edgebell.radio.events import BadFrame, Banner, Frame, RadioEvent
@@ -137,7 +137,7 @@ class Daemon:
             connect_timeout=apns.connect_timeout,
             request_timeout=apns.request_timeout,
             ping_interval=apns.ping_interval,
-            reconnect=(apns.retry_min, apns.retry_max),
+            reconnect=(apns.retry_min, min(apns.retry_max, LINK_RETRY_MAX)),
         )
         self.dispatcher = Dispatcher(
             sender=client,

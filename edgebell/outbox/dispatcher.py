@@ -33,6 +33,9 @@ __all__ = ["DeliveryReport", "Dispatcher", "Feedback", "OutboxStatus", "Sender"]
 
 log = logging.getLogger(__name__)
 
+# The longest wait between two attempts to reach Apple again after an outage.
+LINK_RETRY_MAX = 10.0
+
 # Answers that prove Apple took our credentials.
 _ACCEPTED = frozenset({Outcome.DELIVERED, Outcome.TOKEN_DEAD, Outcome.FAILED})
 
@@ -444,11 +447,18 @@ class Dispatcher:
             async def connect() -> None:
                 await self._sender.connect(environment)
 
-            link = self._links[env] = Link(env, connect=connect, delay=self._delay)
+            link = self._links[env] = Link(env, connect=connect, delay=self._link_delay)
         return link
 
     def _delay(self, attempt: int) -> float:
         return full_jitter(attempt, self._retry_min, self._retry_max, self._rng.random)
+
+    def _link_delay(self, attempt: int) -> float:
+        # A reconnect is one handshake, however many pushes wait: probing every few seconds
+        # costs Apple nothing, and the pushes go out moments after the network is back
+        # (while the visitor may still be at the door), not up to retry_max later.
+        ceiling = min(self._retry_max, LINK_RETRY_MAX)
+        return full_jitter(attempt, min(self._retry_min, ceiling), ceiling, self._rng.random)
 
     # -- settling ------------------------------------------------------------------------
 
