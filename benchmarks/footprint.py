@@ -36,11 +36,10 @@ from common import (
 
 from edgebell.testing.fake_receiver import FakeReceiver
 from edgebell.testing.gateway import (
-    KEY_ID,
-    TEAM_ID,
     TOPIC,
     DaemonProcess,
     random_token,
+    token_auth,
     write_config,
 )
 from edgebell.testing.standin_thread import StandInThread
@@ -101,12 +100,7 @@ def measure(tokens: int, idle: float, status_runs: int, import_runs: int) -> dic
             port=str(receiver.path),
             apns_url=apns.url,
             ca_file=pki.ca.cert,
-            auth={
-                "mode": "token",
-                "key_file": str(pki.auth_key.private_key),
-                "key_id": KEY_ID,
-                "team_id": TEAM_ID,
-            },
+            auth=token_auth(pki.auth_key),
             tokens=[random_token() for _ in range(tokens)],
             overrides={"log_level": "info"},
         )

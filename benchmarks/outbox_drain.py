@@ -34,10 +34,9 @@ from common import (
 from edgebell.testing.fake_receiver import FakeReceiver
 from edgebell.testing.gateway import (
     FRONT_FRAME,
-    KEY_ID,
-    TEAM_ID,
     DaemonProcess,
     random_token,
+    token_auth,
     write_config,
 )
 
@@ -62,12 +61,7 @@ def measure(rows: int) -> dict[str, Any]:
             port=str(receiver.path),
             apns_url=standin.url,
             ca_file=pki.ca.cert,
-            auth={
-                "mode": "token",
-                "key_file": str(pki.auth_key.private_key),
-                "key_id": KEY_ID,
-                "team_id": TEAM_ID,
-            },
+            auth=token_auth(pki.auth_key),
             tokens=[random_token() for _ in range(rows)],
             overrides={"log_level": "info"},
         )

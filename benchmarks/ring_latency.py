@@ -39,6 +39,7 @@ from edgebell.testing.gateway import (
     DaemonProcess,
     GatewayFiles,
     random_token,
+    token_auth,
     write_config,
 )
 from edgebell.testing.pki import TestPki, make_test_pki
@@ -77,12 +78,7 @@ def _config(
         port=str(receiver.path),
         apns_url=apns.url,
         ca_file=pki.ca.cert,
-        auth={
-            "mode": "token",
-            "key_file": str(pki.auth_key.private_key),
-            "key_id": KEY_ID,
-            "team_id": TEAM_ID,
-        },
+        auth=token_auth(pki.auth_key),
         tokens=tokens,
         # info: the level a gateway runs at (each ring is logged).
         overrides={"radio": {"debounce": "1ms", "cooldown": 0}, "log_level": "info"},

@@ -40,6 +40,7 @@ from edgebell.testing.gateway import (
     TOPIC,
     DaemonProcess,
     random_token,
+    token_auth,
     write_config,
 )
 from edgebell.testing.mosquitto import CLOUD_USER, MosquittoBroker
@@ -94,12 +95,7 @@ def measure(lists: int, tokens: int) -> dict[str, Any]:
             port=str(receiver.path),
             apns_url=apns.url,
             ca_file=pki.ca.cert,
-            auth={
-                "mode": "token",
-                "key_file": str(pki.auth_key.private_key),
-                "key_id": KEY_ID,
-                "team_id": TEAM_ID,
-            },
+            auth=token_auth(pki.auth_key),
             overrides={
                 "cloud": {
                     "url": broker.url,

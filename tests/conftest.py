@@ -11,7 +11,12 @@ from fixtures_radio import fake_receiver, rflink_receiver  # noqa: F401
 from fixtures_service import notify_socket  # noqa: F401
 
 from edgebell.testing.fake_receiver import FakeReceiver
-from edgebell.testing.gateway import KEY_ID, TEAM_ID, GatewayFiles, random_token, write_config
+from edgebell.testing.gateway import (
+    GatewayFiles,
+    random_token,
+    token_auth,
+    write_config,
+)
 from edgebell.testing.pki import TestPki
 from edgebell.testing.standin_thread import StandInThread
 
@@ -38,11 +43,6 @@ def gateway_files(
         port=str(rflink_receiver.path),
         apns_url=apns_standin_thread.url,
         ca_file=pki.ca.cert,
-        auth={
-            "mode": "token",
-            "key_file": str(pki.auth_key.private_key),
-            "key_id": KEY_ID,
-            "team_id": TEAM_ID,
-        },
+        auth=token_auth(pki.auth_key),
         tokens=phones,
     )

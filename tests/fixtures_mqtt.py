@@ -23,10 +23,9 @@ from edgebell.testing.cloud_peer import CloudPeer
 from edgebell.testing.fake_receiver import FakeReceiver
 from edgebell.testing.gateway import (
     GATEWAY_ID,
-    KEY_ID,
-    TEAM_ID,
     DaemonProcess,
     GatewayFiles,
+    token_auth,
     write_config,
 )
 from edgebell.testing.mosquitto import CLOUD_USER, MosquittoBroker
@@ -167,12 +166,7 @@ def cloud_gateway_files(
         port=str(rflink_receiver.path),
         apns_url=apns_standin_thread.url,
         ca_file=pki.ca.cert,
-        auth={
-            "mode": "token",
-            "key_file": str(pki.auth_key.private_key),
-            "key_id": KEY_ID,
-            "team_id": TEAM_ID,
-        },
+        auth=token_auth(pki.auth_key),
         overrides={"cloud": cloud_section(mqtt_broker, pki)},
     )
 

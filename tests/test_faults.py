@@ -26,7 +26,12 @@ import pytest
 from edgebell import control
 from edgebell.testing.apns_standin import ApnsStandIn, ReceivedPush
 from edgebell.testing.fake_receiver import FakeReceiver
-from edgebell.testing.gateway import KEY_ID, TEAM_ID, DaemonProcess, GatewayFiles, write_config
+from edgebell.testing.gateway import (
+    DaemonProcess,
+    GatewayFiles,
+    token_auth,
+    write_config,
+)
 from edgebell.testing.pki import TestPki
 from edgebell.testing.standin_thread import StandInThread
 from edgebell.testing.tally import Tally, record, rss_kib, tally
@@ -93,12 +98,7 @@ def make_rig(
             port=str(rflink_receiver.path),
             apns_url=apns_standin_thread.url,
             ca_file=pki.ca.cert,
-            auth={
-                "mode": "token",
-                "key_file": str(pki.auth_key.private_key),
-                "key_id": KEY_ID,
-                "team_id": TEAM_ID,
-            },
+            auth=token_auth(pki.auth_key),
             tokens=tokens,
             overrides={"apns": {**TIMINGS, **(apns or {})}, "log_level": "info", **overrides},
         )

@@ -18,10 +18,9 @@ from edgebell import control
 from edgebell.testing.fake_receiver import FakeReceiver
 from edgebell.testing.gateway import (
     FRONT_FRAME,
-    KEY_ID,
-    TEAM_ID,
     DaemonProcess,
     GatewayFiles,
+    token_auth,
     write_config,
 )
 from edgebell.testing.mosquitto import MosquittoBroker
@@ -42,12 +41,7 @@ def gateway(
         port=str(receiver.path),
         apns_url=apns_url,
         ca_file=pki.ca.cert,
-        auth={
-            "mode": "token",
-            "key_file": str(pki.auth_key.private_key),
-            "key_id": KEY_ID,
-            "team_id": TEAM_ID,
-        },
+        auth=token_auth(pki.auth_key),
         tokens=phones,
         overrides=overrides,
     )

@@ -22,6 +22,7 @@ from edgebell.testing.gateway import (
     TOPIC,
     DaemonProcess,
     random_token,
+    token_auth,
     write_config,
 )
 from edgebell.testing.pki import make_test_pki
@@ -103,12 +104,7 @@ def main(argv: list[str] | None = None) -> int:
                 port=str(receiver.path),
                 apns_url=apns.url,
                 ca_file=pki.ca.cert,
-                auth={
-                    "mode": "token",
-                    "key_file": str(pki.auth_key.private_key),
-                    "key_id": KEY_ID,
-                    "team_id": TEAM_ID,
-                },
+                auth=token_auth(pki.auth_key),
                 tokens=phones if cloud is None else [],
                 overrides={"log_level": "info"}
                 | ({} if cloud is None else {"cloud": cloud.config_section()}),

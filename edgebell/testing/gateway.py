@@ -24,6 +24,7 @@ import yaml
 
 from edgebell import control
 from edgebell.errors import ControlError
+from edgebell.testing.pki import AuthKeyFiles
 
 GATEWAY_ID = "gw-test"
 TOPIC = "com.example.doorbell"
@@ -33,6 +34,16 @@ TEAM_ID = "DEF123GHIJ"
 # RFLink frames of the two demo buttons (as in tests/fixtures/rflink-samples.txt).
 FRONT_FRAME = "20;{n:02X};EV1527;ID=0f7499;SWITCH=04;CMD=ON;"
 BACK_FRAME = "20;{n:02X};SelectPlus;ID=1bb4;CHIME=01;"
+
+
+def token_auth(key: AuthKeyFiles) -> dict[str, str]:
+    """The ``apns.auth`` mapping for token auth with a generated APNs key."""
+    return {
+        "mode": "token",
+        "key_file": str(key.private_key),
+        "key_id": key.key_id,
+        "team_id": key.team_id,
+    }
 
 
 def random_token(nbytes: int = 32) -> str:
