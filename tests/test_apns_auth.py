@@ -197,14 +197,17 @@ def test_unusable_keys_are_refused_without_showing_them(tmp_path: Path) -> None:
         with pytest.raises(ApnsAuthError, match="P-256") as info:
             TokenAuth(pem, KEY_ID, TEAM_ID)
         assert "PRIVATE" not in str(info.value)
-    garbage = (
-        b"-----BEGIN PRIVATE KEY-----\n"
-        b"MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQg\n"
-        b"-----END PRIVATE KEY-----\n"
+    # A P-256 key cut short: the PEM frame and the first line survive, the rest is lost.
+    whole = ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
     )
+    lines = whole.splitlines(keepends=True)
+    garbage = lines[0] + lines[1][:48] + b"\n" + lines[-1]
     with pytest.raises(ApnsAuthError) as info:
         TokenAuth(garbage, KEY_ID, TEAM_ID)
-    assert "MIGHAgEA" not in str(info.value)
+    assert lines[1][:16].decode() not in str(info.value)
     assert "BEGIN" not in str(info.value)
     assert KEY_ID in str(info.value)
     with pytest.raises(ApnsAuthError):
