@@ -9,14 +9,15 @@ import logging
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from edgebell import __version__
 from edgebell.apns.auth import ApnsAuth, CertificateAuth, DelegatedAuth, TokenAuth
 from edgebell.apns.client import ApnsClient
-from edgebell.apns.model import Environment, Outcome, PushRequest, PushResult
+from edgebell.apns.model import Environment
 from edgebell.buttons import Button, ButtonTracker, Verdict
+from edgebell.commands import ControlCommands
 from edgebell.config import (
     CertificateAuthConfig,
     Config,
@@ -32,12 +33,10 @@ from edgebell.logs import set_level
 from edgebell.notifier import Notifier, Template
 from edgebell.outbox.dispatcher import LINK_RETRY_MAX, DeliveryReport, Dispatcher, Feedback
 from edgebell.outbox.store import OutboxStore
-from edgebell.privacy import short_token
 from edgebell.radio.events import BadFrame, Banner, Frame, RadioEvent
-from edgebell.radio.keys import match_snippet
 from edgebell.radio.serial import SerialReceiver
 from edgebell.reload import adopt, differences
-from edgebell.rings import Notification, Ring, iso_time, new_id
+from edgebell.rings import Notification, Ring, new_id
 from edgebell.sdnotify import Notifier as SystemdNotifier
 from edgebell.secrets import read_passphrase, read_secret
 from edgebell.status import ConfigState, StatusReport, build_status
@@ -111,7 +110,7 @@ class Daemon:
             default_env=config.apns.environment,
         )
         self.rings: dict[str, tuple[float | None, int]] = {b.id: (None, 0) for b in config.buttons}
-        self._learners: set[asyncio.Queue[JSON]] = set()
+        self.commands = ControlCommands(self)
         self.client: ApnsClient | None = None
         self.dispatcher: Dispatcher | None = None
         self.receiver: SerialReceiver | None = None
@@ -161,16 +160,7 @@ class Daemon:
             backoff_min=radio.reconnect_min,
             backoff_max=radio.reconnect_max,
         )
-        control = ControlServer(
-            self.config.control_socket,
-            {
-                "status": self._cmd_status,
-                "ring": self._cmd_ring,
-                "test-push": self._cmd_test_push,
-                "learn": self._cmd_learn,
-                "ping": self._cmd_ping,
-            },
-        )
+        control = ControlServer(self.config.control_socket, self.commands.handlers())
         # The control socket is the single-instance lock: a second `edgebell run` stops here,
         # before it touches the running daemon's database or takes over its MQTT session.
         await control.start()
@@ -358,7 +348,7 @@ class Daemon:
             if press.verdict is Verdict.RING and press.button is not None:
                 self.ring(press.button, press.presses)
             elif press.verdict is Verdict.UNKNOWN:
-                self._tell_learners(event)
+                self.commands.tell_learners(event)
             elif press.verdict is Verdict.COOLDOWN and press.button is not None:
                 log.info("button %s pressed again within cooldown: counted", press.button.id)
         elif isinstance(event, Banner):
@@ -472,89 +462,9 @@ class Daemon:
             return None
         return self.ring(press.button, press.presses, manual=True)
 
-    # -- learn ----------------------------------------------------------------------------------
-
-    def _tell_learners(self, frame: Frame) -> None:
-        if not self._learners:
-            log.debug("frame matches no button: %s", frame.raw)
-            return
-        message: JSON = {
-            "raw": frame.raw,
-            "match": match_snippet(dict(frame.match)),
-            "fields": dict(frame.fields),
-            "at": iso_time(time.time()),
-        }
-        for queue in self._learners:
-            if queue.qsize() < 100:  # a stuck client must not grow memory
-                queue.put_nowait(message)
-
-    async def _cmd_learn(self, request: JSON) -> AsyncIterator[JSON]:
-        queue: asyncio.Queue[JSON] = asyncio.Queue()
-        self._learners.add(queue)
-        try:
-            connected = self.receiver is not None and self.receiver.status().connected
-            yield {"ok": True, "listening": self.config.radio.port, "connected": connected}
-            while True:
-                yield await queue.get()
-        finally:
-            self._learners.discard(queue)
-
-    # -- control commands ------------------------------------------------------------------------
-
-    async def _cmd_ping(self, request: JSON) -> JSON:
-        return {"ok": True, "version": __version__}
-
-    async def _cmd_status(self, request: JSON) -> JSON:
-        return {"ok": True, "status": self.status().data}
-
-    async def _cmd_ring(self, request: JSON) -> JSON:
-        button_id = str(request.get("button", ""))
-        press = self.tracker.ring_now(button_id, time.monotonic())
-        if press.button is None:
-            known = ", ".join(b.id for b in self.tracker.buttons) or "none configured"
-            return {"ok": False, "error": f"unknown button {button_id!r} (buttons: {known})"}
-        ring = self.ring(press.button, press.presses, manual=True)
-        return {"ok": True, "ring_id": ring.ring_id, "button": ring.button}
-
-    async def _cmd_test_push(self, request: JSON) -> JSON:
-        results = await self.test_push(request.get("token"))
-        return {"ok": True, "results": results}
-
     async def test_push(self, token: Any) -> list[JSON]:
-        """Push a test notification now (no queue, no retry) and say what Apple answered."""
-        assert self.client is not None
-        if token is not None:
-            token = str(token).lower()
-            entry = self.tokens.get(token)
-            targets = [entry or AuthorisedToken(token, self.config.apns.environment)]
-        else:
-            targets = self.tokens.active()
-        ring = Ring(new_id(), "test", "test push", time.time(), manual=True)
-        payload = self.notifier.payload(
-            ring, title="edgebell test", body="Test push from your doorbell gateway"
-        )
-        notifications = self.notifier.fan_out(ring, targets, payload=payload)
-        results = await asyncio.gather(
-            *(
-                self.client.send(
-                    PushRequest(
-                        token=n.token,
-                        environment=Environment(n.env),
-                        topic=self.config.apns.topic,
-                        payload=n.payload,
-                        apns_id=n.apns_id,
-                        collapse_id=n.collapse_id,
-                        expiration=int(n.expires_at),
-                    )
-                )
-                for n in notifications
-            )
-        )
-        assert self.dispatcher is not None
-        for n, result in zip(notifications, results, strict=True):
-            if result.outcome is Outcome.TOKEN_DEAD:
-                self.dispatcher.token_dead(n, result)  # a test push learns what a ring would
-        return [_result_json(r) for r in results]
+        """Push a test notification now, for the cloud's ``test-push`` (see ControlCommands)."""
+        return await self.commands.test_push(token)
 
     # -- status ------------------------------------------------------------------------------------
 
@@ -576,14 +486,3 @@ class Daemon:
             cloud=None if self.cloud is None else self.cloud.status(),
             config=self.config_state,
         )
-
-
-def _result_json(result: PushResult) -> JSON:
-    return {
-        "token": short_token(result.request.token),
-        "env": result.request.environment.value,
-        "outcome": result.outcome.name.lower(),
-        "status": result.status,
-        "reason": result.reason,
-        "detail": result.detail,
-    }

@@ -29,7 +29,7 @@ from edgebell.privacy import short_token
 from edgebell.rings import Fate, Notification
 from edgebell.tokens import Suppression, TokenBook
 
-__all__ = ["DeliveryReport", "Dispatcher", "Feedback", "OutboxStatus", "Sender"]
+__all__ = ["DeliveryReport", "Dispatcher", "Feedback", "OutboxStatus", "Sender", "push_request"]
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,19 @@ class Sender(Protocol):
     async def send(self, request: PushRequest) -> PushResult: ...
 
     async def connect(self, env: Environment) -> None: ...
+
+
+def push_request(n: Notification, topic: str) -> PushRequest:
+    """The APNs request for ``n``: one place, so rings and test pushes reach Apple alike."""
+    return PushRequest(
+        token=n.token,
+        environment=Environment(n.env),
+        topic=topic,
+        payload=n.payload,
+        apns_id=n.apns_id,
+        collapse_id=n.collapse_id,
+        expiration=int(n.expires_at),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -332,15 +345,7 @@ class Dispatcher:
         return None
 
     async def _send(self, n: Notification) -> PushResult:
-        request = PushRequest(
-            token=n.token,
-            environment=Environment(n.env),
-            topic=self._topic,
-            payload=n.payload,
-            apns_id=n.apns_id,
-            collapse_id=n.collapse_id,
-            expiration=int(n.expires_at),
-        )
+        request = push_request(n, self._topic)
         self._in_flight += 1
         self._idle.clear()
         try:
