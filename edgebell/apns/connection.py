@@ -17,10 +17,9 @@ import h2.connection
 import h2.events
 import h2.exceptions
 import h2.settings
-import hpack
-import hpack.hpack
 from h2.errors import ErrorCodes
 
+from edgebell.apns.hpack_memo import MemoisingEncoder, hpack_integer, never_indexed_name
 from edgebell.errors import ApnsTransportError
 
 log = logging.getLogger(__name__)
@@ -52,7 +51,7 @@ class Requeued(StreamFailed):
         super().__init__(message, unprocessed=True)
 
 
-class _ApnsEncoder(hpack.Encoder):
+class _ApnsEncoder(MemoisingEncoder):
     """hpack's encoder, with the header block of the repeated headers memoised.
 
     Encoding header by header (table search, debug log, Huffman code) in Python is the
@@ -65,17 +64,11 @@ class _ApnsEncoder(hpack.Encoder):
     """
 
     def __init__(self) -> None:
-        super().__init__()
-        self._memo: dict[tuple[tuple[bytes, bytes], ...], bytes] = {}
+        super().__init__(memo_limit=64)
 
     def encode(self, headers: Any, huffman: bool = True) -> bytes:
         if self.header_table.resized:
-            # The size update must open the block: let hpack encode all of it, this once.
-            self._memo.clear()
-            return super().encode(
-                [hpack.NeverIndexedHeaderTuple(*h) if h[0] in _FRESH else h for h in headers],
-                huffman,
-            )
+            return self.encode_resized(headers, _FRESH, huffman)
         head = tail = b""
         shared = []
         for header in headers:
@@ -86,40 +79,21 @@ class _ApnsEncoder(hpack.Encoder):
                 continue
             value = header[1]
             size = len(value)
-            field = prefix + (bytes((size,)) if size < 127 else _integer(size, 7, 0)) + value
+            field = prefix + (bytes((size,)) if size < 127 else hpack_integer(size, 7, 0)) + value
             # Pseudo-headers must come before regular ones; the order is otherwise free.
             if name[0] == 0x3A:  # ":"
                 head += field
             else:
                 tail += field
-        key = tuple(shared)
-        block = self._memo.get(key)
-        if block is None:
-            entries = self.header_table.dynamic_entries
-            newest, count = (entries[0] if entries else None), len(entries)
-            block = super().encode(shared, huffman)
-            if (entries[0] if entries else None) is newest and len(entries) == count:
-                if len(self._memo) >= _MEMO_LIMIT:
-                    self._memo.clear()
-                self._memo[key] = block  # all indexed: valid while the table stays as it is
-            else:
-                self._memo.clear()  # the table changed: earlier blocks' indices are stale
-        return head + block + tail
-
-
-def _integer(value: int, prefix_bits: int, flags: int) -> bytes:
-    encoded = hpack.hpack.encode_integer(value, prefix_bits)
-    encoded[0] |= flags
-    return bytes(encoded)
+        return head + self.encode_shared(shared, huffman) + tail
 
 
 # Never-indexed literals (RFC 7541 section 6.2.3): ":path" by its static-table name index 4,
 # "apns-id" by a literal name; the value follows as a raw (not Huffman-coded) string.
 _FRESH = {
-    b":path": _integer(4, 4, 0x10),
-    b"apns-id": b"\x10" + _integer(len(b"apns-id"), 7, 0x00) + b"apns-id",
+    b":path": hpack_integer(4, 4, 0x10),
+    b"apns-id": never_indexed_name(b"apns-id"),
 }
-_MEMO_LIMIT = 64
 
 
 class _H2Client(h2.connection.H2Connection):

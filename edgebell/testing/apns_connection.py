@@ -24,6 +24,7 @@ import hpack.huffman_table
 from h2.errors import ErrorCodes
 from hyperframe.frame import Frame, GoAwayFrame, HeadersFrame, RstStreamFrame
 
+from edgebell.apns.hpack_memo import MemoisingEncoder, hpack_integer, never_indexed_name
 from edgebell.testing.apns_rules import MAX_VOIP_PAYLOAD
 
 log = logging.getLogger(__name__)
@@ -223,7 +224,7 @@ def _prefixed(data: bytes, view: memoryview, i: int, bits: int) -> tuple[int, in
 _HUFFMAN_MEMO_LIMIT = 256
 
 
-class _ResponseEncoder(hpack.Encoder):
+class _ResponseEncoder(MemoisingEncoder):
     """hpack's encoder, with the header block of the repeated response headers memoised.
 
     Encoding header by header in Python was the stand-in's largest cost after parsing:
@@ -234,59 +235,28 @@ class _ResponseEncoder(hpack.Encoder):
     """
 
     def __init__(self) -> None:
-        super().__init__()
-        self._memo: dict[tuple[tuple[bytes, bytes], ...], bytes] = {}
+        super().__init__(memo_limit=16)
 
     def encode(self, headers: Any, huffman: bool = True) -> bytes:
         pairs = [(_as_bytes(h[0]), _as_bytes(h[1])) for h in headers]
         if self.header_table.resized:
-            # The size update must open the block: let hpack encode all of it, this once.
-            self._memo.clear()
-            return super().encode(
-                [hpack.NeverIndexedHeaderTuple(*h) if h[0] in _FRESH else h for h in pairs],
-                huffman,
-            )
+            return self.encode_resized(pairs, _FRESH, huffman)
         shared = []
         fresh = b""
         for name, value in pairs:
             if name in _FRESH:
-                size = len(value)
-                fresh += _FRESH[name] + _integer(size, 7, 0) + value
+                fresh += _FRESH[name] + hpack_integer(len(value), 7, 0) + value
             else:
                 shared.append((name, value))
-        key = tuple(shared)
-        block = self._memo.get(key)
-        if block is None:
-            entries = self.header_table.dynamic_entries
-            newest, count = (entries[0] if entries else None), len(entries)
-            block = super().encode(shared, huffman)
-            if (entries[0] if entries else None) is newest and len(entries) == count:
-                if len(self._memo) >= _MEMO_LIMIT:
-                    self._memo.clear()
-                self._memo[key] = block  # all indexed: valid while the table stays as it is
-            else:
-                self._memo.clear()  # the table changed: earlier blocks' indices are stale
         # The shared block holds :status, which must come first.
-        return block + fresh
+        return self.encode_shared(shared, huffman) + fresh
 
 
 def _as_bytes(value: str | bytes) -> bytes:
     return value.encode() if isinstance(value, str) else value
 
 
-def _integer(value: int, prefix_bits: int, flags: int) -> bytes:
-    encoded = hpack.hpack.encode_integer(value, prefix_bits)
-    encoded[0] |= flags
-    return bytes(encoded)
-
-
-def _never_indexed_name(name: bytes) -> bytes:
-    """The start of a never-indexed literal with a literal name (RFC 7541 section 6.2.3)."""
-    return b"\x10" + _integer(len(name), 7, 0) + name
-
-
-_FRESH = {name: _never_indexed_name(name) for name in (b"apns-id", b"apns-unique-id")}
-_MEMO_LIMIT = 16
+_FRESH = {name: never_indexed_name(name) for name in (b"apns-id", b"apns-unique-id")}
 
 
 class _Stream:
