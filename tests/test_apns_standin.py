@@ -956,7 +956,12 @@ def test_pki_files(pki: TestPki) -> None:
         assert _mode(private) == 0o600, private
     assert pki.auth_key.private_key.name == "AuthKey_ABC123DEFG.p8"
     assert (pki.auth_key.key_id, pki.auth_key.team_id) == (KEY_ID, TEAM_ID)
-    assert b"BEGIN PRIVATE KEY" in pki.auth_key.private_key.read_bytes()
+    # Apple's .p8 is PKCS#8 PEM: the file is exactly that serialisation of its key.
+    key = pki.auth_key.load_private_key()
+    pkcs8 = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    assert pki.auth_key.private_key.read_bytes() == pkcs8
     assert isinstance(pki.auth_key.load_public_key(), ec.EllipticCurvePublicKey)
 
     server = pki.server.load_cert()
