@@ -18,8 +18,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from edgebell.testing.gateway import KEY_ID, TEAM_ID, TOPIC
-from edgebell.testing.pki import TestPki, make_test_pki
+from testkit.gateway import KEY_ID, TEAM_ID, TOPIC
+from testkit.pki import TestPki, make_test_pki
 
 HERE = Path(__file__).resolve().parent
 PYTHON = sys.executable

@@ -43,8 +43,8 @@ from common import (
 )
 from push_clients import CLIENTS, EXPIRATION, PAYLOAD
 
-from edgebell.testing.gateway import KEY_ID, TEAM_ID, TOPIC
-from edgebell.testing.pki import TestPki
+from testkit.gateway import KEY_ID, TEAM_ID, TOPIC
+from testkit.pki import TestPki
 
 PEERS = ("h2load", *CLIENTS)
 # A run during which other processes used more than this share of the machine is redone.

@@ -25,7 +25,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from edgebell.testing.tally import REPORT_ENV, Tally, read_report
+from testkit.tally import REPORT_ENV, Tally, read_report
 
 ROOT = Path(__file__).resolve().parent.parent
 BEGIN = "<!-- faults:begin -->"

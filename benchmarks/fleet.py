@@ -33,8 +33,8 @@ from fleet_gateways import gateway_ids
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edgebell.cloud import tools
-from edgebell.testing.mosquitto import CLOUD_USER, MosquittoBroker
-from edgebell.testing.pki import CertFiles, make_client_cert
+from testkit.mosquitto import CLOUD_USER, MosquittoBroker
+from testkit.pki import CertFiles, make_client_cert
 
 PREFIX = "edgebell"
 PHONES_PER_LIST = 4

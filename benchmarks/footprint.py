@@ -34,15 +34,15 @@ from common import (
     summary,
 )
 
-from edgebell.testing.fake_receiver import FakeReceiver
-from edgebell.testing.gateway import (
+from testkit.fake_receiver import FakeReceiver
+from testkit.gateway import (
     TOPIC,
     DaemonProcess,
     random_token,
     token_auth,
     write_config,
 )
-from edgebell.testing.standin_thread import StandInThread
+from testkit.standin_thread import StandInThread
 
 SETTLE_S = 2.0  # after start-up, before memory is read
 EDGEBELL = Path(PYTHON).with_name("edgebell")

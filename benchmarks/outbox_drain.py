@@ -31,8 +31,8 @@ from common import (
     wait_until,
 )
 
-from edgebell.testing.fake_receiver import FakeReceiver
-from edgebell.testing.gateway import (
+from testkit.fake_receiver import FakeReceiver
+from testkit.gateway import (
     FRONT_FRAME,
     DaemonProcess,
     random_token,

@@ -446,7 +446,7 @@ def _latency_table(r: dict[str, Any]) -> list[str]:
 METHOD = [
     "## How it is measured",
     "",
-    "- Every server is the project's APNs stand-in (`edgebell.testing.apns_standin`): TLS 1.2+,"
+    "- Every server is the project's APNs stand-in (`testkit.apns_standin`): TLS 1.2+,"
     " ALPN h2, provider JWTs verified (ES256), Apple's header and payload checks. For the"
     " throughput runs it runs in a process of its own (`benchmarks/standin_server.py`), each client"
     " in another, so on a 2-core machine each has a core; for the latency runs it runs on a thread"

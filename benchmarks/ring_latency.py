@@ -29,9 +29,9 @@ from typing import Any
 
 from common import machine, scratch, summary
 
-from edgebell.testing.apns_standin import ReceivedPush
-from edgebell.testing.fake_receiver import FakeReceiver
-from edgebell.testing.gateway import (
+from testkit.apns_standin import ReceivedPush
+from testkit.fake_receiver import FakeReceiver
+from testkit.gateway import (
     FRONT_FRAME,
     KEY_ID,
     TEAM_ID,
@@ -42,8 +42,8 @@ from edgebell.testing.gateway import (
     token_auth,
     write_config,
 )
-from edgebell.testing.pki import TestPki, make_test_pki
-from edgebell.testing.standin_thread import StandInThread
+from testkit.pki import TestPki, make_test_pki
+from testkit.standin_thread import StandInThread
 
 # Past the 1 ms debounce: the next frame is a new press.
 _BETWEEN_RINGS = 0.005

@@ -34,7 +34,7 @@ import ring_latency
 from common import HERE, machine
 
 from edgebell import __version__
-from edgebell.testing.mosquitto import mosquitto_binary
+from testkit.mosquitto import mosquitto_binary
 
 ITEMS = ("ring", "household", "fanout", "drain", "footprint", "fleet")
 DOC = HERE.parent / "docs" / "benchmarks.md"

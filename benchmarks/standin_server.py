@@ -26,8 +26,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edgebell.testing.apns_standin import ApnsStandIn, ReceivedPush
-from edgebell.testing.pki import load_ec_public_key
+from testkit.apns_standin import ApnsStandIn, ReceivedPush
+from testkit.pki import load_ec_public_key
 
 
 class Recorder:

@@ -31,9 +31,9 @@ from pathlib import Path
 from typing import Any
 
 from edgebell.cloud import tools
-from edgebell.testing.cloud_peer import CloudPeer
-from edgebell.testing.fake_receiver import FakeReceiver
-from edgebell.testing.gateway import (
+from testkit.cloud_peer import CloudPeer
+from testkit.fake_receiver import FakeReceiver
+from testkit.gateway import (
     GATEWAY_ID,
     KEY_ID,
     TEAM_ID,
@@ -43,9 +43,9 @@ from edgebell.testing.gateway import (
     token_auth,
     write_config,
 )
-from edgebell.testing.mosquitto import CLOUD_USER, MosquittoBroker
-from edgebell.testing.pki import make_client_cert, make_test_pki
-from edgebell.testing.standin_thread import StandInThread
+from testkit.mosquitto import CLOUD_USER, MosquittoBroker
+from testkit.pki import make_client_cert, make_test_pki
+from testkit.standin_thread import StandInThread
 
 P = f"edgebell/{GATEWAY_ID}"
 

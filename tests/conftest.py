@@ -10,15 +10,15 @@ from fixtures_mqtt import cloud, cloud_gateway_files, mqtt_broker, mqtt_identiti
 from fixtures_radio import fake_receiver, rflink_receiver  # noqa: F401
 from fixtures_service import notify_socket  # noqa: F401
 
-from edgebell.testing.fake_receiver import FakeReceiver
-from edgebell.testing.gateway import (
+from testkit.fake_receiver import FakeReceiver
+from testkit.gateway import (
     GatewayFiles,
     random_token,
     token_auth,
     write_config,
 )
-from edgebell.testing.pki import TestPki
-from edgebell.testing.standin_thread import StandInThread
+from testkit.pki import TestPki
+from testkit.standin_thread import StandInThread
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

@@ -15,8 +15,8 @@ import pytest
 import pytest_asyncio
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from edgebell.testing.apns_server import ApnsStandIn, StandInThread
-from edgebell.testing.pki import TestPki, make_test_pki
+from testkit.apns_server import ApnsStandIn, StandInThread
+from testkit.pki import TestPki, make_test_pki
 
 TOPIC = "com.example.doorbell"
 KEY_ID = "ABC123DEFG"

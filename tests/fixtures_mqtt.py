@@ -18,19 +18,19 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edgebell import control
 from edgebell.cloud import tools
-from edgebell.testing.apns_standin import ReceivedPush
-from edgebell.testing.cloud_peer import CloudPeer
-from edgebell.testing.fake_receiver import FakeReceiver
-from edgebell.testing.gateway import (
+from testkit.apns_standin import ReceivedPush
+from testkit.cloud_peer import CloudPeer
+from testkit.fake_receiver import FakeReceiver
+from testkit.gateway import (
     GATEWAY_ID,
     DaemonProcess,
     GatewayFiles,
     token_auth,
     write_config,
 )
-from edgebell.testing.mosquitto import CLOUD_USER, MosquittoBroker
-from edgebell.testing.pki import CertFiles, TestPki, make_client_cert
-from edgebell.testing.standin_thread import StandInThread
+from testkit.mosquitto import CLOUD_USER, MosquittoBroker
+from testkit.pki import CertFiles, TestPki, make_client_cert
+from testkit.standin_thread import StandInThread
 
 PREFIX = "edgebell"
 P = f"{PREFIX}/{GATEWAY_ID}"

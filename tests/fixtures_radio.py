@@ -13,7 +13,7 @@ import pytest
 from edgebell.radio.decoders import default_baudrate
 from edgebell.radio.events import BadFrame, Frame, RadioEvent
 from edgebell.radio.serial import Opener, SerialReceiver, open_port
-from edgebell.testing.fake_receiver import FakeReceiver
+from testkit.fake_receiver import FakeReceiver
 
 DEADLINE = 5.0  # generous: only a broken implementation ever waits this long
 # Small enough to keep reconnect tests quick, large enough to be a real backoff.

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from edgebell.testing.gateway import DaemonProcess, GatewayFiles
+from testkit.gateway import DaemonProcess, GatewayFiles
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,8 +30,8 @@ from edgebell.apns.auth import (
 from edgebell.apns.client import ApnsClient
 from edgebell.apns.model import Environment, Outcome, PushRequest, PushResult
 from edgebell.errors import ApnsAuthError
-from edgebell.testing.apns_server import ApnsStandIn
-from edgebell.testing.pki import TestPki, make_apns_auth_key, make_client_cert, make_p12
+from testkit.apns_server import ApnsStandIn
+from testkit.pki import TestPki, make_apns_auth_key, make_client_cert, make_p12
 
 FIXTURES = (apns_standin, pki)  # pytest finds them by name in this module
 

@@ -27,8 +27,8 @@ from edgebell.apns.connection import ApnsConnection, StreamFailed
 from edgebell.apns.model import Environment, Outcome, PushRequest, classify
 from edgebell.apns.payload import build_payload
 from edgebell.errors import ApnsTransportError
-from edgebell.testing.apns_server import ApnsStandIn, server_ssl_context
-from edgebell.testing.pki import TestPki, make_server_cert
+from testkit.apns_server import ApnsStandIn, server_ssl_context
+from testkit.pki import TestPki, make_server_cert
 
 FIXTURES = (apns_standin, pki)  # pytest finds them by name in this module
 

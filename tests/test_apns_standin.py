@@ -41,8 +41,8 @@ from fixtures_apns import (
 )
 from h2.errors import ErrorCodes
 
-from edgebell.testing.apns_server import ApnsStandIn, StandInThread
-from edgebell.testing.pki import TestPki, make_client_cert, make_p12
+from testkit.apns_server import ApnsStandIn, StandInThread
+from testkit.pki import TestPki, make_client_cert, make_p12
 
 TOKEN = "8b3c" + "0f" * 30  # 32 bytes, as iOS hands them out today
 OTHER = "a1b2c3d4" * 10  # tokens are variable length: 40 bytes
@@ -853,7 +853,7 @@ def test_cli_serves_and_prints_json_lines(tmp_path: Path, pki: TestPki) -> None:
     command = [
         sys.executable,
         "-m",
-        "edgebell.testing.apns_server",
+        "testkit.apns_server",
         "--cert",
         str(pki.server.cert),
         "--key",
@@ -920,7 +920,7 @@ def test_cli_rejects_a_bad_auth_key_spec(pki: TestPki) -> None:
         [
             sys.executable,
             "-m",
-            "edgebell.testing.apns_server",
+            "testkit.apns_server",
             "--cert",
             str(pki.server.cert),
             "--key",

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edgebell.testing.apns_connection import _RequestDecoder, _ResponseEncoder
+from testkit.apns_connection import _RequestDecoder, _ResponseEncoder
 
 NAMES = [b":method", b":path", b":authority", b"authorization", b"apns-id", b"apns-topic", b"x"]
 names = st.one_of(st.sampled_from(NAMES), st.binary(min_size=1, max_size=140))

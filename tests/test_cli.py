@@ -25,9 +25,9 @@ from fixtures_service import edit_config, reload
 import edgebell
 from edgebell import __version__
 from edgebell.privacy import short_token
-from edgebell.testing.fake_receiver import FakeReceiver
-from edgebell.testing.gateway import FRONT_FRAME, DaemonProcess, GatewayFiles, random_token
-from edgebell.testing.standin_thread import StandInThread
+from testkit.fake_receiver import FakeReceiver
+from testkit.gateway import FRONT_FRAME, DaemonProcess, GatewayFiles, random_token
+from testkit.standin_thread import StandInThread
 
 GATE_FRAME = "20;{n:02X};Kaku;ID=41;SWITCH=1;CMD=ON;"
 SHED_FRAME = "20;{n:02X};NewKaku;ID=00c0ffee;SWITCH=2;CMD=ON;"

@@ -21,11 +21,11 @@ from fixtures_mqtt import (
     wait_list,
 )
 
-from edgebell.testing.cloud_peer import CloudPeer
-from edgebell.testing.gateway import GATEWAY_ID, DaemonProcess, GatewayFiles, random_token
-from edgebell.testing.mosquitto import MosquittoBroker
-from edgebell.testing.pki import TestPki
-from edgebell.testing.standin_thread import StandInThread
+from testkit.cloud_peer import CloudPeer
+from testkit.gateway import GATEWAY_ID, DaemonProcess, GatewayFiles, random_token
+from testkit.mosquitto import MosquittoBroker
+from testkit.pki import TestPki
+from testkit.standin_thread import StandInThread
 
 
 @pytest.fixture

@@ -10,9 +10,9 @@ import pytest
 from fixtures_mqtt import P, Signer, entry, publish_list, pushes_for, wait_list
 
 from edgebell.privacy import short_token
-from edgebell.testing.cloud_peer import CloudPeer
-from edgebell.testing.gateway import DaemonProcess, GatewayFiles, random_token
-from edgebell.testing.standin_thread import StandInThread
+from testkit.cloud_peer import CloudPeer
+from testkit.gateway import DaemonProcess, GatewayFiles, random_token
+from testkit.standin_thread import StandInThread
 
 _ids = itertools.count(1)
 

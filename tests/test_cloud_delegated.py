@@ -9,9 +9,9 @@ import pytest
 from fixtures_mqtt import FLEET_JWT, Signer, cloud_section, entry, publish_list, ring, wait_list
 
 from edgebell.cloud.tools import fleet_message, mint_apns_jwt
-from edgebell.testing.cloud_peer import CloudPeer
-from edgebell.testing.fake_receiver import FakeReceiver
-from edgebell.testing.gateway import (
+from testkit.cloud_peer import CloudPeer
+from testkit.fake_receiver import FakeReceiver
+from testkit.gateway import (
     KEY_ID,
     TEAM_ID,
     DaemonProcess,
@@ -19,9 +19,9 @@ from edgebell.testing.gateway import (
     random_token,
     write_config,
 )
-from edgebell.testing.mosquitto import MosquittoBroker
-from edgebell.testing.pki import TestPki
-from edgebell.testing.standin_thread import StandInThread
+from testkit.mosquitto import MosquittoBroker
+from testkit.pki import TestPki
+from testkit.standin_thread import StandInThread
 
 
 @pytest.fixture

@@ -19,10 +19,10 @@ from fixtures_mqtt import (
 )
 
 from edgebell.cloud.tokenlist import MAX_MESSAGE_BYTES
-from edgebell.testing.cloud_peer import CloudPeer
-from edgebell.testing.gateway import DaemonProcess, GatewayFiles, random_token
-from edgebell.testing.mosquitto import MosquittoBroker
-from edgebell.testing.standin_thread import StandInThread
+from testkit.cloud_peer import CloudPeer
+from testkit.gateway import DaemonProcess, GatewayFiles, random_token
+from testkit.mosquitto import MosquittoBroker
+from testkit.standin_thread import StandInThread
 
 APPLE_SAYS_GONE_AT = 1_800_000_000_000  # ms: the timestamp the stand-in puts in its 410s
 

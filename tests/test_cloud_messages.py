@@ -26,7 +26,7 @@ from edgebell.errors import CloudError
 from edgebell.outbox.dispatcher import DeliveryReport, Feedback
 from edgebell.outbox.store import OutboxStore
 from edgebell.rings import Ring
-from edgebell.testing.pki import TestPki
+from testkit.pki import TestPki
 
 
 def test_status_ring_delivery_and_feedback_carry_the_contract_fields() -> None:

@@ -25,7 +25,7 @@ from edgebell.cloud.tokenlist import (
     Verdict,
     verify_token_list,
 )
-from edgebell.testing.gateway import random_token
+from testkit.gateway import random_token
 
 GATEWAY = "gw-test"
 KEY = Ed25519PrivateKey.generate()

@@ -17,9 +17,9 @@ from fixtures_mqtt import entry
 from edgebell.cli import main
 from edgebell.cloud.tokenlist import verify_token_list
 from edgebell.cloud.tools import load_verify_key
-from edgebell.testing.apns_auth import ProviderTokenVerifier
-from edgebell.testing.gateway import KEY_ID, TEAM_ID, random_token
-from edgebell.testing.pki import TestPki
+from testkit.apns_auth import ProviderTokenVerifier
+from testkit.gateway import KEY_ID, TEAM_ID, random_token
+from testkit.pki import TestPki
 
 
 def run(*argv: str) -> tuple[int, str]:

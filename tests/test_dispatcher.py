@@ -21,9 +21,9 @@ from edgebell.outbox.dispatcher import DeliveryReport, Dispatcher, Feedback
 from edgebell.outbox.link import LinkState
 from edgebell.outbox.store import OutboxStore
 from edgebell.rings import Notification, Ring, new_id
-from edgebell.testing.apns_server import ApnsStandIn
-from edgebell.testing.pki import TestPki
 from edgebell.tokens import AuthorisedToken, TokenBook
+from testkit.apns_server import ApnsStandIn
+from testkit.pki import TestPki
 
 FIXTURES = (apns_standin, pki)
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from edgebell.privacy import short_token
-from edgebell.testing.fake_receiver import FakeReceiver
-from edgebell.testing.gateway import BACK_FRAME, FRONT_FRAME, TOPIC, DaemonProcess, GatewayFiles
-from edgebell.testing.standin_thread import StandInThread
+from testkit.fake_receiver import FakeReceiver
+from testkit.gateway import BACK_FRAME, FRONT_FRAME, TOPIC, DaemonProcess, GatewayFiles
+from testkit.standin_thread import StandInThread
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from edgebell.testing.pki import make_apns_auth_key, make_ca, make_client_cert, make_ed25519_keypair
+from testkit.pki import make_apns_auth_key, make_ca, make_client_cert, make_ed25519_keypair
 
 EXAMPLE = Path(__file__).parent.parent / "config" / "example.yaml"
 

@@ -1,7 +1,7 @@
 """Faults survived: the daemon as a subprocess against the APNs stand-in's fault knobs.
 
 Each test ends by stating how many notifications (ring x phone) were expected,
-delivered, duplicated and lost (see edgebell/testing/tally.py); lost is always 0
+delivered, duplicated and lost (see testkit/tally.py); lost is always 0
 and duplicates only ever come from requests in flight at a crash. The issue's
 "back after 20 s" and "60 s of rings" run scaled down here (3 s, 8 s, with
 retries of 0.1-1 s and a 1 s request timeout); EDGEBELL_FAULTS_REALTIME=1 runs
@@ -24,17 +24,17 @@ from typing import Any
 import pytest
 
 from edgebell import control
-from edgebell.testing.apns_standin import ApnsStandIn, ReceivedPush
-from edgebell.testing.fake_receiver import FakeReceiver
-from edgebell.testing.gateway import (
+from testkit.apns_standin import ApnsStandIn, ReceivedPush
+from testkit.fake_receiver import FakeReceiver
+from testkit.gateway import (
     DaemonProcess,
     GatewayFiles,
     token_auth,
     write_config,
 )
-from edgebell.testing.pki import TestPki
-from edgebell.testing.standin_thread import StandInThread
-from edgebell.testing.tally import Tally, record, rss_kib, tally
+from testkit.pki import TestPki
+from testkit.standin_thread import StandInThread
+from testkit.tally import Tally, record, rss_kib, tally
 
 REALTIME = os.environ.get("EDGEBELL_FAULTS_REALTIME") == "1"
 OUTAGE_S = 20.0 if REALTIME else 3.0

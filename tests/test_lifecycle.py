@@ -15,17 +15,17 @@ import pytest
 from fixtures_mqtt import cloud_section
 
 from edgebell import control
-from edgebell.testing.fake_receiver import FakeReceiver
-from edgebell.testing.gateway import (
+from testkit.fake_receiver import FakeReceiver
+from testkit.gateway import (
     FRONT_FRAME,
     DaemonProcess,
     GatewayFiles,
     token_auth,
     write_config,
 )
-from edgebell.testing.mosquitto import MosquittoBroker
-from edgebell.testing.pki import TestPki
-from edgebell.testing.standin_thread import StandInThread
+from testkit.mosquitto import MosquittoBroker
+from testkit.pki import TestPki
+from testkit.standin_thread import StandInThread
 
 
 def gateway(

@@ -14,9 +14,9 @@ import yaml
 from fixtures_service import edit_config, reload
 
 from edgebell.logs import setup_logging, shutdown_logging, writes_to_journal
-from edgebell.testing.fake_receiver import FakeReceiver
-from edgebell.testing.gateway import FRONT_FRAME, DaemonProcess, GatewayFiles, random_token
-from edgebell.testing.standin_thread import StandInThread
+from testkit.fake_receiver import FakeReceiver
+from testkit.gateway import FRONT_FRAME, DaemonProcess, GatewayFiles, random_token
+from testkit.standin_thread import StandInThread
 
 JOURNAL_LINE = re.compile(r"<[0-7]>[a-z_.]+: ")
 

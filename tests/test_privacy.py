@@ -7,7 +7,7 @@ import logging
 import pytest
 
 from edgebell.privacy import RedactingFilter, redact
-from edgebell.testing.gateway import random_token
+from testkit.gateway import random_token
 
 
 @pytest.mark.parametrize("nbytes", [8, 9, 16, 32, 100])

@@ -13,7 +13,7 @@ from edgebell.backoff import Backoff
 from edgebell.errors import RadioError
 from edgebell.radio.events import Banner, Pong, RadioEvent
 from edgebell.radio.serial import RadioStatus, SerialPort, SerialReceiver, open_port
-from edgebell.testing.fake_receiver import FakeReceiver
+from testkit.fake_receiver import FakeReceiver
 
 EV1527 = "20;77;EV1527;ID=0f7499;SWITCH=04;CMD=ON;"
 SELECTPLUS = "20;78;SelectPlus;ID=1bb4;CHIME=01;"

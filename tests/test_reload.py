@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 from fixtures_service import edit_config, reload
 
-from edgebell.testing.fake_receiver import FakeReceiver
-from edgebell.testing.gateway import BACK_FRAME, FRONT_FRAME, DaemonProcess, GatewayFiles
-from edgebell.testing.standin_thread import StandInThread
+from testkit.fake_receiver import FakeReceiver
+from testkit.gateway import BACK_FRAME, FRONT_FRAME, DaemonProcess, GatewayFiles
+from testkit.standin_thread import StandInThread
 
 GATE_FRAME = "20;{n:02X};Kaku;ID=41;SWITCH=1;CMD=ON;"  # a button the first config lacks
 

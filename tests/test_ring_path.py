@@ -10,7 +10,7 @@ from edgebell.buttons import Button
 from edgebell.config import load_config
 from edgebell.daemon import Daemon
 from edgebell.rings import Notification, Ring
-from edgebell.testing.gateway import GatewayFiles
+from testkit.gateway import GatewayFiles
 
 
 class Recorder:

@@ -14,9 +14,9 @@ from fixtures_service import NotifyListener
 from edgebell.config import load_config
 from edgebell.daemon import Daemon
 from edgebell.errors import ControlError
-from edgebell.testing.fake_receiver import FakeReceiver
-from edgebell.testing.gateway import DaemonProcess, GatewayFiles
-from edgebell.testing.standin_thread import StandInThread
+from testkit.fake_receiver import FakeReceiver
+from testkit.gateway import DaemonProcess, GatewayFiles
+from testkit.standin_thread import StandInThread
 
 DEADLINE = 10.0
 

@@ -20,11 +20,11 @@ from edgebell.config import load_config
 from edgebell.errors import ConfigError
 from edgebell.outbox.store import OutboxStore, Suppressed
 from edgebell.rings import new_id
-from edgebell.testing.apns_server import ApnsStandIn
-from edgebell.testing.gateway import DaemonProcess, GatewayFiles
-from edgebell.testing.pki import TestPki
-from edgebell.testing.standin_thread import StandInThread
 from edgebell.tokens import AuthorisedToken, Suppression, TokenBook, is_device_token
+from testkit.apns_server import ApnsStandIn
+from testkit.gateway import DaemonProcess, GatewayFiles
+from testkit.pki import TestPki
+from testkit.standin_thread import StandInThread
 
 FIXTURES = (apns_standin, pki)
 

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgebell.testing.apns_standin import ReceivedPush
+from testkit.apns_standin import ReceivedPush
 
 REPORT_ENV = "EDGEBELL_FAULT_REPORT"
 

@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from edgebell.privacy import short_token
-from edgebell.testing.cloud_peer import CloudPeer
-from edgebell.testing.gateway import GATEWAY_ID, DaemonProcess
-from edgebell.testing.mosquitto import CLOUD_USER, MosquittoBroker, mosquitto_binary
-from edgebell.testing.pki import TestPki, make_client_cert
+from testkit.cloud_peer import CloudPeer
+from testkit.gateway import GATEWAY_ID, DaemonProcess
+from testkit.mosquitto import CLOUD_USER, MosquittoBroker, mosquitto_binary
+from testkit.pki import TestPki, make_client_cert
 
 P = f"edgebell/{GATEWAY_ID}"
 _TIMEOUT = 15.0

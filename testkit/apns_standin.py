@@ -15,9 +15,9 @@ from types import TracebackType
 from typing import Any, Self
 
 from edgebell.privacy import short_token
-from edgebell.testing.apns_auth import AuthKeys, ProviderTokenVerifier
-from edgebell.testing.apns_connection import Headers, Request, StandInConnection
-from edgebell.testing.apns_rules import (
+from testkit.apns_auth import AuthKeys, ProviderTokenVerifier
+from testkit.apns_connection import Headers, Request, StandInConnection
+from testkit.apns_rules import (
     Reason,
     Rejection,
     Target,

@@ -4,9 +4,9 @@
 keys). Used by the tests, the demo and the benchmarks; never by the daemon itself.
 """
 
-from edgebell.testing.apns_standin import ApnsStandIn, ReceivedPush
-from edgebell.testing.pki import AuthKeyFiles, CertFiles, KeyPairFiles, TestPki, make_test_pki
-from edgebell.testing.standin_thread import StandInThread
+from testkit.apns_standin import ApnsStandIn, ReceivedPush
+from testkit.pki import AuthKeyFiles, CertFiles, KeyPairFiles, TestPki, make_test_pki
+from testkit.standin_thread import StandInThread
 
 __all__ = [
     "ApnsStandIn",

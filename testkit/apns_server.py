@@ -1,6 +1,6 @@
 """The APNs stand-in's public face: its API in one import, and a command line for the demo.
 
-``python -m edgebell.testing.apns_server --cert F --key F [--port-file F] ...`` serves
+``python -m testkit.apns_server --cert F --key F [--port-file F] ...`` serves
 until SIGTERM or SIGINT and prints one JSON line per answered request on stdout.
 """
 
@@ -18,16 +18,16 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePublicKey
 
-from edgebell.testing.apns_auth import AuthKeys
-from edgebell.testing.apns_rules import Reason
-from edgebell.testing.apns_standin import (
+from testkit.apns_auth import AuthKeys
+from testkit.apns_rules import Reason
+from testkit.apns_standin import (
     KNOBS,
     ApnsStandIn,
     ReceivedPush,
     server_ssl_context,
 )
-from edgebell.testing.pki import load_ec_public_key
-from edgebell.testing.standin_thread import StandInThread
+from testkit.pki import load_ec_public_key
+from testkit.standin_thread import StandInThread
 
 __all__ = [
     "KNOBS",
@@ -137,7 +137,7 @@ def _split_auth_key(spec: str) -> tuple[str, str, str]:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m edgebell.testing.apns_server",
+        prog="python -m testkit.apns_server",
         description="A stand-in for Apple's APNs HTTP/2 provider API, for tests and demos.",
     )
     parser.add_argument("--cert", type=Path, required=True, help="server certificate (PEM)")

@@ -25,7 +25,7 @@ from h2.errors import ErrorCodes
 from hyperframe.frame import Frame, GoAwayFrame, HeadersFrame, RstStreamFrame
 
 from edgebell.apns.hpack_memo import MemoisingEncoder, hpack_integer, never_indexed_name
-from edgebell.testing.apns_rules import MAX_VOIP_PAYLOAD
+from testkit.apns_rules import MAX_VOIP_PAYLOAD
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
-from edgebell.testing.apns_standin import ApnsStandIn, ReceivedPush
+from testkit.apns_standin import ApnsStandIn, ReceivedPush
 
 T = TypeVar("T")
 

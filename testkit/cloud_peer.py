@@ -21,7 +21,7 @@ from typing import Any, Self
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edgebell.testing.pki import CertFiles
+from testkit.pki import CertFiles
 
 _TIMEOUT = 10.0
 

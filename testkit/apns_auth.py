@@ -8,7 +8,7 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePublicKey
 from jwt.types import Options
 
-from edgebell.testing.apns_rules import Reason
+from testkit.apns_rules import Reason
 
 AuthKeys = Mapping[str, tuple[str, EllipticCurvePublicKey]]
 """Key id -> (team id, public key) of every signing key the stand-in trusts."""

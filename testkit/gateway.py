@@ -24,7 +24,7 @@ import yaml
 
 from edgebell import control
 from edgebell.errors import ControlError
-from edgebell.testing.pki import AuthKeyFiles
+from testkit.pki import AuthKeyFiles
 
 GATEWAY_ID = "gw-test"
 TOPIC = "com.example.doorbell"

@@ -19,7 +19,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from edgebell.testing.pki import CertFiles
+from testkit.pki import CertFiles
 
 CLOUD_USER = "cloud"
 _START_TIMEOUT = 10.0

@@ -11,10 +11,10 @@ import time
 from pathlib import Path
 
 from edgebell.privacy import short_token
-from edgebell.testing.apns_standin import ReceivedPush
-from edgebell.testing.demo_cloud import LocalCloud
-from edgebell.testing.fake_receiver import FakeReceiver
-from edgebell.testing.gateway import (
+from testkit.apns_standin import ReceivedPush
+from testkit.demo_cloud import LocalCloud
+from testkit.fake_receiver import FakeReceiver
+from testkit.gateway import (
     BACK_FRAME,
     FRONT_FRAME,
     KEY_ID,
@@ -25,8 +25,8 @@ from edgebell.testing.gateway import (
     token_auth,
     write_config,
 )
-from edgebell.testing.pki import make_test_pki
-from edgebell.testing.standin_thread import StandInThread
+from testkit.pki import make_test_pki
+from testkit.standin_thread import StandInThread
 
 
 def say(text: str = "") -> None:
