@@ -16,12 +16,15 @@ from edgebell.cloud.messages import (
     cmd_reply,
     delivery_message,
     feedback_message,
+    hello_message,
     parse_command,
+    parse_hello,
     parse_provider_token,
     ring_message,
     status_online,
 )
 from edgebell.cloud.outgoing import OutgoingQueue
+from edgebell.cloud.topics import Topics, gateway_of
 from edgebell.errors import CloudError
 from edgebell.outbox.dispatcher import DeliveryReport, Feedback
 from edgebell.outbox.store import OutboxStore
@@ -178,3 +181,54 @@ def test_the_outbox_database_keeps_the_queue_across_restarts(tmp_path: Path) -> 
     again.open()
     assert [(s, p) for _, s, p in again.load_outgoing()] == [("ring", b"1"), ("ring", b"2")]
     again.close()
+
+
+def test_hello_carries_the_contract_fields_and_the_cloud_reads_it_back() -> None:
+    payload = hello_message(version="1.2", tokens_ver=7, jwt_iat=None, at=1.5)
+    assert json.loads(payload) == {
+        "version": "1.2",
+        "tokens_ver": 7,
+        "jwt_iat": None,
+        "at": "1970-01-01T00:00:01.500Z",
+    }
+    hello = parse_hello(payload)
+    assert (hello.version, hello.tokens_ver, hello.jwt_iat) == ("1.2", 7, None)
+    assert hello.at.timestamp() == 1.5
+    # The cloud answers with the list only when the gateway's ver is not the current one.
+    assert not hello.wants_list(7)
+    assert hello.wants_list(8)
+    assert not hello.wants_list(None)
+    fresh = parse_hello(hello_message(version="1.2", tokens_ver=None, jwt_iat=5, at=0.0))
+    assert fresh.wants_list(1)
+    assert fresh.jwt_iat == 5
+
+
+@pytest.mark.parametrize(
+    ("payload", "complaint"),
+    [
+        (b"[]", "not a JSON object"),
+        (b"{", "not JSON"),
+        (b'{"tokens_ver": 1, "jwt_iat": null, "at": "2026-01-01T00:00:00Z"}', "version"),
+        (b'{"version": "1", "tokens_ver": "7", "at": "2026-01-01T00:00:00Z"}', "tokens_ver"),
+        (b'{"version": "1", "tokens_ver": true, "at": "2026-01-01T00:00:00Z"}', "tokens_ver"),
+        (b'{"version": "1", "jwt_iat": -1, "at": "2026-01-01T00:00:00Z"}', "jwt_iat"),
+        (b'{"version": "1", "tokens_ver": 1, "at": "yesterday"}', "ISO 8601"),
+        (b'{"version": "1", "tokens_ver": 1}', "ISO 8601"),
+        (b'{"version": "' + b"x" * 140_000 + b'"}', "128 KB"),
+    ],
+)
+def test_a_hello_that_breaks_the_contract_is_refused_with_the_reason(
+    payload: bytes, complaint: str
+) -> None:
+    with pytest.raises(CloudError, match=complaint):
+        parse_hello(payload)
+
+
+def test_the_cloud_finds_the_gateway_of_a_hello_topic() -> None:
+    topics = Topics("edgebell", "gw-1")
+    assert (topics.hello, topics.apns_jwt) == ("edgebell/gw-1/hello", "edgebell/gw-1/apns-jwt")
+    assert gateway_of("edgebell/gw-1/hello", "edgebell", "hello") == "gw-1"
+    assert gateway_of("edgebell/gw-1/ring", "edgebell", "hello") is None
+    assert gateway_of("other/gw-1/hello", "edgebell", "hello") is None
+    assert gateway_of("edgebell/a/b/hello", "edgebell", "hello") is None
+    assert gateway_of("edgebell//hello", "edgebell", "hello") is None

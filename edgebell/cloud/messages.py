@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import jwt
@@ -97,9 +98,74 @@ def feedback_message(feedback: Feedback) -> bytes:
     )
 
 
+def hello_message(*, version: str, tokens_ver: int | None, jwt_iat: int | None, at: float) -> bytes:
+    """``P/hello``: sent once the subscriptions are confirmed, so the cloud's answer arrives.
+
+    The cloud answers with the list when its ``ver`` differs from ``tokens_ver``
+    and, to a delegated gateway, with the fleet JWT: no broker's retained
+    delivery is needed (RabbitMQ keeps retained messages per node).
+    """
+    return encode(
+        {"version": version, "tokens_ver": tokens_ver, "jwt_iat": jwt_iat, "at": iso_time(at)}
+    )
+
+
 def cmd_reply(command_id: str | None, ok: bool, detail: str, **extra: Any) -> bytes:
     """``P/cmd/reply``: ``{"id", "ok", "detail"}`` plus a command's own fields."""
     return encode({"id": command_id, "ok": ok, "detail": detail, **extra})
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """One ``P/hello``, as the cloud reads it."""
+
+    version: str
+    tokens_ver: int | None
+    jwt_iat: int | None
+    at: datetime
+
+    def wants_list(self, current_ver: int | None) -> bool:
+        """The cloud's rule: send the list when the gateway's ``ver`` is not the current one."""
+        return current_ver is not None and current_ver != self.tokens_ver
+
+
+def parse_hello(data: bytes) -> Hello:
+    """The cloud side: a ``P/hello`` payload; CloudError when it breaks the contract."""
+    document = _json_object(data, "hello")
+    version = document.get("version")
+    if not isinstance(version, str) or not 0 < len(version) <= _MAX_ID:
+        raise CloudError(f"hello: version must be a string of 1 to {_MAX_ID} characters")
+    tokens_ver = _optional_count(document, "tokens_ver")
+    jwt_iat = _optional_count(document, "jwt_iat")
+    at = document.get("at")
+    if not isinstance(at, str):
+        raise CloudError("hello: at must be an ISO 8601 time")
+    try:
+        when = datetime.fromisoformat(at)
+    except ValueError:
+        raise CloudError("hello: at must be an ISO 8601 time") from None
+    return Hello(version, tokens_ver, jwt_iat, when)
+
+
+def _optional_count(document: dict[str, Any], key: str) -> int | None:
+    value = document.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise CloudError(f"hello: {key} must be a non-negative integer or null")
+    return value
+
+
+def _json_object(data: bytes, what: str) -> dict[str, Any]:
+    if len(data) > MAX_MESSAGE_BYTES:
+        raise CloudError(f"{what} message larger than 128 KB")
+    try:
+        document = json.loads(data)
+    except ValueError:
+        raise CloudError(f"{what} message is not JSON") from None
+    if not isinstance(document, dict):
+        raise CloudError(f"{what} message is not a JSON object")
+    return document
 
 
 # -- cloud -> gateway ------------------------------------------------------------------------
@@ -156,22 +222,20 @@ def parse_command(data: bytes) -> Command:
 
 @dataclass(frozen=True, slots=True)
 class ProviderToken:
-    """The fleet's APNs provider JWT from ``<prefix>/fleet/apns-jwt``."""
+    """The fleet's APNs provider JWT from ``<prefix>/fleet/apns-jwt`` or ``P/apns-jwt``."""
 
     jwt: str = field(repr=False)
     iat: int
 
 
+def provider_token_message(token: ProviderToken) -> bytes:
+    """``{"jwt", "iat"}``: the same payload on the fleet topic and on ``P/apns-jwt``."""
+    return encode({"jwt": token.jwt, "iat": token.iat})
+
+
 def parse_provider_token(data: bytes) -> ProviderToken:
     """``{"jwt", "iat"}``; the JWT's own ``iat``, when it has one, must agree."""
-    if len(data) > MAX_MESSAGE_BYTES:
-        raise CloudError("provider JWT message larger than 128 KB")
-    try:
-        document = json.loads(data)
-    except ValueError:
-        raise CloudError("provider JWT message is not JSON") from None
-    if not isinstance(document, dict):
-        raise CloudError("provider JWT message is not a JSON object")
+    document = _json_object(data, "provider JWT")
     token = document.get("jwt")
     iat = document.get("iat")
     if not isinstance(token, str) or not _JWS.fullmatch(token):

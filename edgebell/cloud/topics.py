@@ -34,8 +34,26 @@ class Topics:
         return self.of("status")
 
     @property
+    def apns_jwt(self) -> str:
+        """The fleet JWT sent to this gateway alone: the cloud's answer to its hello."""
+        return self.of(APNS_JWT)
+
+    @property
+    def hello(self) -> str:
+        return self.of(HELLO)
+
+    @property
     def fleet_jwt(self) -> str:
         return f"{self.prefix}/fleet/apns-jwt"
+
+
+def gateway_of(topic: str, prefix: str, suffix: str) -> str | None:
+    """The cloud side: the gateway id in ``<prefix>/<id>/<suffix>``, None for another topic."""
+    head, tail = f"{prefix}/", f"/{suffix}"
+    if not (topic.startswith(head) and topic.endswith(tail)):
+        return None
+    gateway_id = topic[len(head) : len(topic) - len(tail)]
+    return gateway_id if gateway_id and "/" not in gateway_id else None
 
 
 # Suffixes of what the gateway sends: each one a P/<suffix> topic.
@@ -43,3 +61,6 @@ RING = "ring"
 DELIVERY = "delivery"
 FEEDBACK = "feedback"
 CMD_REPLY = "cmd/reply"
+HELLO = "hello"
+# ... and of what the cloud sends to one gateway.
+APNS_JWT = "apns-jwt"
