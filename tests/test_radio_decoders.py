@@ -491,3 +491,34 @@ def test_fixture_streams_split_anywhere(protocol: str, cuts: list[int]) -> None:
     bounds = [0, *sorted(c for c in cuts if c <= len(wire)), len(wire)]
     events = [e for a, b in itertools.pairwise(bounds) for e in stream.feed(wire[a:b])]
     assert events == expected
+
+
+def test_frame_behind_non_utf8_noise_on_the_same_line_rings() -> None:
+    # Issue 10: the whole line failed the UTF-8 check, so the junk recovery never ran.
+    stream = StreamDecoder.for_protocol("rflink")
+    events = stream.feed(b"\xff\xfe\x80" + EV1527.encode() + b"\r\n")
+    assert kinds(events) == ["BadFrame", "Frame"]
+    assert isinstance(events[0], BadFrame)
+    assert events[0].reason == "not UTF-8"
+    assert isinstance(events[1], Frame)
+    assert events[1].key == EV1527_KEY
+
+
+def test_noise_with_ascii_junk_then_a_frame() -> None:
+    stream = StreamDecoder.for_protocol("rflink")
+    events = stream.feed(b"\xc3noise\xe2\x82 7499;" + EV1527.encode() + b"\r\n")
+    assert kinds(events) == ["BadFrame", "Frame"]
+
+
+def test_frame_with_trailing_nul_rings() -> None:
+    stream = StreamDecoder.for_protocol("rflink")
+    events = stream.feed(EV1527.encode() + b"\x00\r\n" + b"\x00\x00" + EV1527.encode() + b"\r\n")
+    assert kinds(events) == ["Frame", "Frame"]
+
+
+def test_first_frame_after_a_burst_of_noise_rings() -> None:
+    stream = StreamDecoder.for_protocol("rflink")
+    noise = bytes(range(128, 256)) * 40  # 5 KB with no line end: over-long, then noise
+    events = stream.feed(noise + b"\r\n" + b"\x9f\x00" + EV1527.encode() + b"\r\n")
+    assert kinds(events)[-1] == "Frame"
+    assert all(isinstance(e, BadFrame) for e in events[:-1])

@@ -6,7 +6,13 @@ from typing import Protocol
 
 from edgebell.radio import lines, rcswitch, rflink
 from edgebell.radio.events import BadFrame, RadioEvent
-from edgebell.radio.framing import MAX_LINE, LineSplitter, OverlongLine, decode_line, overlong_frame
+from edgebell.radio.framing import (
+    MAX_LINE,
+    LineSplitter,
+    OverlongLine,
+    overlong_frame,
+    recover_text,
+)
 
 
 class Decoder(Protocol):
@@ -87,9 +93,13 @@ class StreamDecoder:
             if isinstance(chunk, OverlongLine):
                 events.append(overlong_frame(chunk))
                 continue
-            text = decode_line(chunk.data)
-            if isinstance(text, BadFrame):
-                events.append(text)
-            else:
-                events.extend(self._decoder.feed_line(text))
+            junk, text = recover_text(chunk.data)
+            decoded = self._decoder.feed_line(text) if text else []
+            if junk is not None:
+                if decoded and isinstance(decoded[0], BadFrame):
+                    # The noise and the junk text after it are one bad line, counted once.
+                    decoded[0] = BadFrame(junk.raw + decoded[0].raw, junk.reason)
+                else:
+                    events.append(junk)
+            events.extend(decoded)
         return events

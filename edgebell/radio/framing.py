@@ -113,10 +113,30 @@ class LineSplitter:
 
 def decode_line(data: bytes) -> str | BadFrame:
     """The line as text, or a BadFrame when it is not UTF-8 (never an exception)."""
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        return BadFrame(sample(data), "not UTF-8")
+    junk, text = recover_text(data)
+    return text if junk is None else junk
+
+
+def recover_text(data: bytes) -> tuple[BadFrame | None, str]:
+    """The UTF-8 text that ends the line, and a BadFrame for any undecodable bytes before it.
+
+    Noise from a receiver that just opened, or from a burst of interference, arrives
+    glued to the front of the next frame; the frame behind it must still ring, so the
+    line is cut after its last undecodable byte and the rest is decoded on its own.
+    NUL bytes padding either end (a line break condition, a resetting microcontroller)
+    are not part of any frame and are dropped.
+    """
+    data = data.strip(b"\x00")
+    start = 0
+    while True:
+        try:
+            text = data[start:].decode("utf-8")
+        except UnicodeDecodeError as exc:
+            start += exc.end  # past the bad bytes; at most MAX_LINE rounds
+            continue
+        if start == 0:
+            return None, text
+        return BadFrame(sample(data[:start]), "not UTF-8"), text
 
 
 def sample(data: bytes) -> str:
