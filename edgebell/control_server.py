@@ -16,6 +16,7 @@ import stat
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 
+from edgebell import jsonlimits
 from edgebell.control import JSON, MAX_REQUEST
 from edgebell.errors import ControlError
 
@@ -72,9 +73,12 @@ class ControlServer:
         try:
             line = await asyncio.wait_for(reader.readline(), 5.0)
             try:
-                request = json.loads(line)
+                request = jsonlimits.loads(line)
                 if not isinstance(request, dict):
                     raise ValueError("not an object")
+            except jsonlimits.TooDeep as exc:
+                await _send(writer, {"ok": False, "error": f"bad request: JSON {exc}"})
+                return
             except ValueError:
                 await _send(writer, {"ok": False, "error": "bad request: one JSON object expected"})
                 return

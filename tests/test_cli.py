@@ -365,3 +365,18 @@ def test_learn_prints_each_new_button_once_with_a_snippet_that_works_when_pasted
     apns_standin_thread.wait_for(lambda s: len(s.received) >= 2 * len(phones), timeout=10)
     buttons = [p.json()["edgebell"]["button"] for p in apns_standin_thread.received()]
     assert buttons.count("gate") == len(phones)
+
+
+def test_a_request_nested_30000_deep_gets_a_clear_error_and_no_traceback(
+    daemon: DaemonProcess,
+) -> None:
+    import socket
+
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(10)
+        s.connect(str(daemon.files.control_socket))
+        s.sendall(b'{"cmd": ' + b"[" * 30_000 + b"]" * 30_000 + b"}\n")
+        answer = json.loads(s.makefile("rb").readline())
+    assert answer == {"ok": False, "error": "bad request: JSON nested deeper than 32 levels"}
+    assert daemon.status()["state"] == "healthy"
+    assert "Traceback" not in daemon.log_text()

@@ -107,3 +107,16 @@ def test_bad_commands_are_answered_not_run(
     garbled = cloud.wait_message(f"{P}/cmd/reply", lambda m: m["id"] is None).json()
     assert garbled["ok"] is False
     assert command(cloud, cmd="ping")["ok"] is True  # and the gateway carries on
+
+
+def test_a_command_nested_30000_deep_is_answered_with_id_null(
+    daemon: DaemonProcess, cloud: CloudPeer
+) -> None:
+    # Issue 10: RecursionError killed the handler ("Task exception was never retrieved").
+    cloud.publish(f"{P}/cmd", '{"id": "deep", "x": ' + "[" * 30_000 + "]" * 30_000 + "}")
+    reply = cloud.wait_message(f"{P}/cmd/reply", lambda m: m["id"] is None).json()
+    assert reply["ok"] is False
+    assert "nested deeper than" in reply["detail"]
+    assert command(cloud, cmd="ping")["ok"] is True
+    assert "Traceback" not in daemon.log_text()
+    assert "never retrieved" not in daemon.log_text()

@@ -297,3 +297,26 @@ _json = st.recursive(
 def test_signed_claims_of_any_shape_give_a_list_or_a_refusal(document: dict[str, Any]) -> None:
     with contextlib.suppress(TokenListRefused):
         verify_token_list(sign(document), PUBLIC, GATEWAY)
+
+
+def _signed_raw(payload: bytes, header: bytes = b'{"alg":"EdDSA","typ":"JWT"}') -> bytes:
+    """A JWS over any payload bytes (jwt.encode cannot even serialise what these tests send)."""
+    signing_input = f"{b64(header)}.{b64(payload)}"
+    return f"{signing_input}.{b64(KEY.sign(signing_input.encode()))}".encode()
+
+
+def test_a_signed_list_nested_30000_deep_is_a_counted_refusal() -> None:
+    # Issue 10: RecursionError escaped the keeper, so the list was not counted as refused.
+    deep = b'{"aud":"gw-test","ver":9,"iat":1,"tokens":' + b"[" * 30_000 + b"]" * 30_000 + b"}"
+    keeper = TokenListKeeper(PUBLIC, GATEWAY)
+    offer = keeper.offer(_signed_raw(deep))
+    assert offer.verdict is Verdict.REFUSED
+    assert offer.refusal is not None
+    assert offer.refusal.reason is Refusal.MALFORMED
+    assert keeper.refused == 1
+    assert "nested deeper than" in (keeper.last_refusal or "")
+
+
+def test_a_header_nested_30000_deep_is_refused() -> None:
+    header = b'{"alg":"EdDSA","x":' + b"[" * 30_000 + b"]" * 30_000 + b"}"
+    assert refusal(_signed_raw(json.dumps(claims()).encode(), header)) is Refusal.MALFORMED

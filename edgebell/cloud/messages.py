@@ -14,6 +14,7 @@ from typing import Any
 
 import jwt
 
+from edgebell import jsonlimits
 from edgebell.cloud.tokenlist import MAX_MESSAGE_BYTES
 from edgebell.errors import CloudError
 from edgebell.outbox.dispatcher import DeliveryReport, Feedback
@@ -160,7 +161,7 @@ def _json_object(data: bytes, what: str) -> dict[str, Any]:
     if len(data) > MAX_MESSAGE_BYTES:
         raise CloudError(f"{what} message larger than 128 KB")
     try:
-        document = json.loads(data)
+        document = jsonlimits.loads(data)
     except ValueError:
         raise CloudError(f"{what} message is not JSON") from None
     if not isinstance(document, dict):
@@ -193,7 +194,9 @@ def parse_command(data: bytes) -> Command:
     if len(data) > MAX_MESSAGE_BYTES:
         raise BadCommand("command larger than 128 KB")
     try:
-        document = json.loads(data)
+        document = jsonlimits.loads(data)
+    except jsonlimits.TooDeep as exc:
+        raise BadCommand(f"command is not JSON: {exc}") from None
     except ValueError:
         raise BadCommand("command is not JSON") from None
     if not isinstance(document, dict):
@@ -243,9 +246,10 @@ def parse_provider_token(data: bytes) -> ProviderToken:
     if isinstance(iat, bool) or not isinstance(iat, int) or iat < 0:
         raise CloudError("iat must be epoch seconds (an integer)")
     try:
+        jsonlimits.check_jws_depth(token)
         header = jwt.get_unverified_header(token)
         claims = jwt.decode(token, options={"verify_signature": False})
-    except jwt.PyJWTError as exc:
+    except (jwt.PyJWTError, jsonlimits.TooDeep) as exc:
         raise CloudError("jwt is not readable") from exc
     if header.get("alg") != "ES256":
         raise CloudError(f"jwt alg must be ES256, not {header.get('alg')!r}")

@@ -17,6 +17,7 @@ from typing import Any
 import jwt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from edgebell import jsonlimits
 from edgebell.errors import CloudError
 from edgebell.tokens import AuthorisedToken, is_device_token
 
@@ -87,7 +88,10 @@ def verify_token_list(data: bytes, key: Ed25519PublicKey, gateway_id: str) -> To
     if not _JWS.fullmatch(text):
         raise TokenListRefused(Refusal.NOT_JWS, "expected header.payload.signature in base64url")
     try:
+        jsonlimits.check_jws_depth(text)
         header = jwt.get_unverified_header(text)
+    except jsonlimits.TooDeep as exc:
+        raise TokenListRefused(Refusal.MALFORMED, str(exc)) from None
     except jwt.PyJWTError as exc:
         raise TokenListRefused(Refusal.NOT_JWS, "unreadable header") from exc
     alg = header.get("alg")
@@ -104,7 +108,7 @@ def verify_token_list(data: bytes, key: Ed25519PublicKey, gateway_id: str) -> To
     except jwt.PyJWTError as exc:
         raise TokenListRefused(Refusal.NOT_JWS, str(exc)) from exc
     try:
-        claims = json.loads(
+        claims = jsonlimits.loads(
             verified["payload"], object_pairs_hook=_no_duplicates, parse_constant=_no_constant
         )
     except ValueError as exc:
