@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import grp
 import os
 import stat
 from collections.abc import Mapping, Sequence
@@ -50,7 +51,7 @@ def read_file(path: Path, *, what: str) -> bytes:
 
 
 def read_secret(path: Path, *, what: str) -> bytes:
-    """The bytes of a secret file, refused if other users may read it.
+    """The bytes of a secret file, refused if anyone but its owner may read or change it.
 
     ``what`` names the file's role in messages ("APNs auth key"); contents never appear.
     """
@@ -63,9 +64,11 @@ def read_passphrase(path: Path) -> bytes:
 
 
 def _read(path: Path, *, what: str, secret: bool) -> bytes:
+    refuse_special_file(path, what=what)
     try:
-        # Check the mode on the descriptor we read from, so a swap in between cannot fool us.
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        # O_NONBLOCK: should the path turn into a FIFO after the check, open() still returns
+        # at once (and the fstat below refuses it) instead of waiting for a writer forever.
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     except FileNotFoundError:
         raise ConfigError(f"{what} {path} does not exist") from None
     except PermissionError:
@@ -75,14 +78,13 @@ def _read(path: Path, *, what: str, secret: bool) -> bytes:
     except OSError as exc:
         raise ConfigError(f"{what} {path} cannot be opened: {exc.strerror}") from exc
     try:
+        # Check the mode on the descriptor we read from, so a swap in between cannot fool us.
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
             raise ConfigError(f"{what} {path} is not a regular file")
-        if secret and mode & stat.S_IROTH:
-            raise ConfigError(
-                f"{what} {path} is readable by other users; "
-                f"restrict it with: chmod 600 {path} (and chown it to the edgebell user)"
-            )
+        if secret:
+            refuse_shared_secret(path, mode, what=what)
+        os.set_blocking(fd, True)
         chunks = []
         while chunk := os.read(fd, 65536):
             chunks.append(chunk)
@@ -91,3 +93,52 @@ def _read(path: Path, *, what: str, secret: bool) -> bytes:
         raise ConfigError(f"{what} {path} cannot be read: {exc.strerror}") from exc
     finally:
         os.close(fd)
+
+
+def refuse_special_file(path: Path, *, what: str) -> None:
+    """ConfigError for a FIFO, device or socket where a file is expected, without opening it.
+
+    Opening a FIFO for reading blocks until a writer comes: ``check-config`` and ``run``
+    would hang forever on a key file that is one. A path that cannot be looked at is left
+    to ``open()``, whose error says why.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return
+    if not stat.S_ISREG(mode):
+        kind = _KINDS.get(stat.S_IFMT(mode), "not a regular file")
+        raise ConfigError(f"{what} {path} is not a regular file ({kind}): refused without reading")
+
+
+_KINDS = {
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFDIR: "a directory",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFSOCK: "a socket",
+}
+
+# The one rule for keys: their owner alone may read them. The service gets its own copy
+# from systemd (LoadCredential=, mode 0400, owned by the service user) of a file root keeps
+# in /etc/credstore with mode 0600; the support staff's group `edgebell` may read the
+# config but never a key.
+SECRET_MODE_MASK = stat.S_IRWXG | stat.S_IRWXO
+
+
+def refuse_shared_secret(path: Path, mode: int, *, what: str) -> None:
+    """ConfigError when anyone but the owner may read or change a secret file."""
+    if mode & SECRET_MODE_MASK:
+        who = "other users" if mode & stat.S_IRWXO else f"group {_group_name(path)}"
+        raise ConfigError(
+            f"{what} {path} is open to {who} (mode {stat.S_IMODE(mode):04o}); a key is for its "
+            f"owner alone: chmod 600 {path} (keep it root-owned in /etc/credstore for the "
+            "service, or owned by the user that runs edgebell)"
+        )
+
+
+def _group_name(path: Path) -> str:
+    try:
+        return grp.getgrgid(os.stat(path).st_gid).gr_name
+    except (OSError, KeyError):
+        return "members"

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import datetime
+import grp
+import os
 import re
 import textwrap
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -856,8 +859,41 @@ def write_file(path: Path, data: bytes, mode: int = 0o600) -> Path:
 
 
 def test_read_secret(tmp_path: Path) -> None:
-    path = write_file(tmp_path / "key", b"SECRET-CONTENT", 0o640)
+    path = write_file(tmp_path / "key", b"SECRET-CONTENT", 0o400)
     assert read_secret(path, what="key") == b"SECRET-CONTENT"
+
+
+def test_group_readable_secret_refused_with_the_one_rule(tmp_path: Path) -> None:
+    # Issue 10: 0640 was accepted while the hint and the docs said owner only.
+    path = write_file(tmp_path / "key", b"SECRET-CONTENT", 0o640)
+    with pytest.raises(ConfigError) as info:
+        read_secret(path, what="APNs auth key")
+    group = grp.getgrgid(path.stat().st_gid).gr_name
+    assert str(info.value) == (
+        f"APNs auth key {path} is open to group {group} (mode 0640); a key is for its owner "
+        f"alone: chmod 600 {path} (keep it root-owned in /etc/credstore for the service, "
+        "or owned by the user that runs edgebell)"
+    )
+
+
+def test_a_fifo_as_key_file_is_refused_without_opening_it(tmp_path: Path) -> None:
+    # Issue 10: opened before the regular-file check, a FIFO hung check-config and run.
+    fifo = tmp_path / "AuthKey.p8"
+    os.mkfifo(fifo, 0o600)
+    done: list[str] = []
+
+    def read() -> None:
+        with pytest.raises(ConfigError) as info:
+            read_secret(fifo, what="APNs auth key")
+        done.append(str(info.value))
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(30)
+    if not done:  # unblock the stuck open() so the thread ends
+        with open(fifo, "wb"):
+            pass
+    assert done == [f"APNs auth key {fifo} is not a regular file (a FIFO): refused without reading"]
 
 
 def test_read_passphrase_drops_only_the_line_ending(tmp_path: Path) -> None:
@@ -870,8 +906,9 @@ def test_world_readable_secret_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         read_secret(path, what="APNs auth key")
     assert str(info.value) == (
-        f"APNs auth key {path} is readable by other users; restrict it with: chmod 600 {path} "
-        "(and chown it to the edgebell user)"
+        f"APNs auth key {path} is open to other users (mode 0644); a key is for its owner "
+        f"alone: chmod 600 {path} (keep it root-owned in /etc/credstore for the service, "
+        "or owned by the user that runs edgebell)"
     )
     assert "SECRET-CONTENT" not in str(info.value)
 

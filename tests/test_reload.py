@@ -150,7 +150,7 @@ def test_a_key_file_others_may_read_is_refused_at_reload(
 
     edit_config(gateway_files, change)
     status = reload(daemon)
-    assert "readable by other users" in status["config"]["reload_error"]
+    assert "is open to other users" in status["config"]["reload_error"]
     assert f"chmod 600 {exposed}" in status["config"]["reload_error"]
     assert status["state"] == "degraded"
     assert daemon.stop(signal.SIGTERM) == 0
