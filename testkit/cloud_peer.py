@@ -3,6 +3,11 @@
 It connects with the cloud's client certificate, records every message on the
 topics it subscribes to, publishes token lists, commands and provider JWTs, and
 waits for conditions with deadlines. Its methods are safe from any thread.
+
+Like the cloud it stands in for, it answers every ``P/hello`` it hears: with the
+gateway's current list (``set_list``) on ``P/tokens`` when the gateway's
+``tokens_ver`` is another, and with the fleet JWT (``set_fleet_jwt``) on
+``P/apns-jwt`` to a gateway it delegates APNs auth for (``delegate``).
 """
 
 from __future__ import annotations
@@ -18,9 +23,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+import jwt
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from edgebell.cloud.messages import parse_hello
+from edgebell.cloud.topics import HELLO, Topics, gateway_of
+from edgebell.errors import CloudError
 from testkit.pki import CertFiles
 
 _TIMEOUT = 10.0
@@ -56,8 +65,14 @@ class CloudPeer:
         subscribe: Sequence[str] = ("edgebell/#",),
         client_id: str | None = None,
         clean_session: bool = True,
+        prefix: str = "edgebell",
     ) -> None:
         self.identity = identity
+        self.prefix = prefix
+        self._lists: dict[str, tuple[int, str]] = {}
+        self._fleet_jwt: str | None = None
+        self._delegated: set[str] = set()
+        self.hello_answers: list[tuple[str, str]] = []  # (gateway id, "tokens" | "apns-jwt")
         self._host = host
         self._port = port
         self._topics = tuple(subscribe)
@@ -148,6 +163,52 @@ class CloudPeer:
 
     def publish_json(self, topic: str, document: Any, *, retain: bool = False) -> None:
         self.publish(topic, json.dumps(document), retain=retain)
+
+    # -- the cloud's state, and its answer to hello -----------------------------------------
+
+    def set_list(self, gateway_id: str, jws: str, *, publish: bool = True) -> int:
+        """Make ``jws`` the gateway's current list (its ``ver`` returned) and publish it retained.
+
+        ``publish=False`` changes the list without publishing: the gateway gets it
+        only by saying hello, as one whose broker lost the retained message would.
+        """
+        ver = int(jwt.decode(jws, options={"verify_signature": False})["ver"])
+        with self._cond:
+            self._lists[gateway_id] = (ver, jws)
+        if publish:
+            self.publish(Topics(self.prefix, gateway_id).tokens, jws, retain=True)
+        return ver
+
+    def set_fleet_jwt(self, payload: bytes | str, *, publish: bool = True) -> None:
+        """The fleet's current ``{"jwt", "iat"}``, published retained on the fleet topic."""
+        text = payload.decode() if isinstance(payload, bytes) else payload
+        with self._cond:
+            self._fleet_jwt = text
+        if publish:
+            self.publish(Topics(self.prefix, "-").fleet_jwt, text, retain=True)
+
+    def delegate(self, gateway_id: str) -> None:
+        """The cloud signs APNs requests for this gateway: its hello gets the fleet JWT."""
+        with self._cond:
+            self._delegated.add(gateway_id)
+
+    def _answer_hello(self, client: mqtt.Client, gateway_id: str, payload: bytes) -> None:
+        """The contract's answer; on paho's thread, so published without waiting."""
+        try:
+            hello = parse_hello(payload)
+        except CloudError:
+            return
+        topics = Topics(self.prefix, gateway_id)
+        with self._cond:
+            current = self._lists.get(gateway_id)
+            fleet_jwt = self._fleet_jwt if gateway_id in self._delegated else None
+            if current is not None and hello.wants_list(current[0]):
+                client.publish(topics.tokens, current[1], qos=1, retain=True)
+                self.hello_answers.append((gateway_id, "tokens"))
+            if fleet_jwt is not None:
+                client.publish(topics.apns_jwt, fleet_jwt, qos=1)
+                self.hello_answers.append((gateway_id, "apns-jwt"))
+            self._cond.notify_all()
 
     # -- what arrived -------------------------------------------------------------------
 
@@ -247,6 +308,9 @@ class CloudPeer:
         with self._cond:
             self._messages.append(received)
             self._cond.notify_all()
+        gateway_id = gateway_of(message.topic, self.prefix, HELLO)
+        if gateway_id is not None:
+            self._answer_hello(client, gateway_id, received.payload)
 
 
 def _matches(message: Received, predicate: Callable[[Any], bool]) -> bool:

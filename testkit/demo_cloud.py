@@ -6,7 +6,6 @@ come from the config file instead.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import json
 import subprocess
@@ -70,7 +69,7 @@ class LocalCloud:
         }
 
     def publish_list(self, root: Path, phones: Sequence[str], say: Callable[[str], None]) -> None:
-        """Sign the list with ``edgebell cloud sign-tokens`` and publish it retained."""
+        """Sign the list with ``edgebell cloud sign-tokens``; publish it retained, answer hello."""
         entries = [
             {"token": t, "env": "sandbox", "user": f"user{n}", "registered_at": 0}
             for n, t in enumerate(phones, 1)
@@ -96,9 +95,10 @@ class LocalCloud:
         say("      $ edgebell cloud sign-tokens tokens.json --key token-list.key \\")
         say(f"          --gateway {GATEWAY_ID}")
         say(f"      {result.stderr.strip()}: {jws[:40]}…")
-        self.peer.publish(f"{P}/tokens", jws, retain=True)
-        self.ver = json.loads(_b64_json(jws.split(".")[1]))["ver"]
-        say(f"      Published retained on {P}/tokens at {self.broker.url}.")
+        # The cloud's current list: published retained, and its answer to the gateway's hello.
+        self.ver = self.peer.set_list(GATEWAY_ID, jws)
+        say(f"      Published retained on {P}/tokens at {self.broker.url}; the cloud also")
+        say(f"      answers the gateway's {P}/hello with it.")
 
     def wait_in_use(self, daemon: DaemonProcess, say: Callable[[str], None]) -> None:
         status = daemon.wait_status(lambda s: s["tokens"]["ver"] == self.ver, _TIMEOUT)
@@ -118,7 +118,3 @@ class LocalCloud:
                 document["token"] = short_token(document["token"])
             text = json.dumps(document, ensure_ascii=False, separators=(",", ":"))
             say(f"        {kind:<9} {text if len(text) <= 100 else text[:99] + '…'}")
-
-
-def _b64_json(part: str) -> bytes:
-    return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))

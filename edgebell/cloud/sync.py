@@ -3,8 +3,11 @@
 One persistent session (clean session off, QoS 1, client id = gateway id) at a
 time; the reconnect loop with backoff and jitter is here, explicit, around
 aiomqtt's client. Each connection subscribes again (a broker that lost its
-sessions forgets subscriptions), republishes the retained ``online`` status, then
-sends what waited in the durable outgoing queue, in order.
+sessions forgets subscriptions), one topic at a time so a broker that closes the
+connection over a forbidden one shows which; republishes the retained ``online``
+status; says ``P/hello`` so the cloud sends what retained delivery may not have
+(RabbitMQ keeps retained messages per node); then sends what waited in the
+durable outgoing queue, in order.
 """
 
 from __future__ import annotations
@@ -18,9 +21,9 @@ import random
 import socket
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import aiomqtt
 from cryptography import x509
@@ -35,11 +38,13 @@ from edgebell.cloud.messages import (
     ProviderToken,
     delivery_message,
     feedback_message,
+    hello_message,
     parse_provider_token,
     ring_message,
     status_online,
 )
 from edgebell.cloud.outgoing import OutgoingQueue
+from edgebell.cloud.refusals import Action, Refusals, Request
 from edgebell.cloud.tokenlist import TokenList, TokenListKeeper, TokenListRefused, Verdict
 from edgebell.config import CloudConfig
 from edgebell.errors import ApnsAuthError, CloudError, ConfigError
@@ -56,9 +61,12 @@ KV_LIST_VER = "cloud.token_list_ver"
 KV_PROVIDER_JWT = "cloud.apns_jwt"
 
 PUBLISH_WINDOW = 10  # messages in flight at once (aiomqtt warns above 10 pending calls)
-RESYNC_WAIT = 5.0  # how long `resync` waits for the broker to send the retained list again
+RESYNC_WAIT = 5.0  # how long `resync` waits for a list (retained or the cloud's hello answer)
 STOP_FLUSH = 2.0  # on SIGTERM, how long queued messages may take to leave before "offline"
 MAX_JWT_AGE = 3600  # Apple refuses a provider JWT older than an hour
+NOT_AUTHORIZED = (4, 5, 0x86, 0x87)  # CONNACK: bad user name or password / not authorised
+
+T = TypeVar("T")
 
 
 class GatewayHooks(commands.CommandTarget, Protocol):
@@ -198,7 +206,10 @@ class CloudSync:
         self.last_error: str | None = None
         self.connects = 0
         self.provider_iat: int | None = None
-        self.subscribe_problem: str | None = None
+        self._refusals = Refusals()
+        self.login_problem: str | None = None
+        self._in_flight: list[Request] = []
+        self._closed_while: list[Request] = []
         self.identity_problem = _identity_problem(config, gateway_id) if connector is None else None
         if self.identity_problem is not None:
             log.error("%s", self.identity_problem)
@@ -281,14 +292,17 @@ class CloudSync:
         connected = self.connected_since is not None
         current = self._keeper.current
         problems = []
-        if not connected:
+        refusals = self._refusals.problems()
+        if self.login_problem is not None and not connected:
+            refusals.insert(0, self.login_problem)
+        if not connected and not refusals:
             why = f" ({self.last_error})" if self.last_error else ""
             problems.append(
                 f"cloud broker unreachable{why}" if self.connects or why else "cloud not connected"
             )
-        for problem in (self.identity_problem, self.subscribe_problem):
-            if problem is not None:
-                problems.append(problem)
+        if self.identity_problem is not None:
+            problems.append(self.identity_problem)
+        problems.extend(refusals)
         if self._delegated:
             if self.provider_iat is None:
                 problems.append("no APNs provider token from the cloud yet (delegated auth)")
@@ -337,8 +351,11 @@ class CloudSync:
         while not self._stopping.is_set():
             error: BaseException | None = None
             connects = self.connects
+            opened = False
+            self._closed_while = []
             try:
                 async with self._connect() as client:
+                    opened = True
                     backoff.reset()
                     failures = 0
                     await self._session(client)
@@ -350,10 +367,27 @@ class CloudSync:
                 log.error("cloud sync failed", exc_info=error)
             if self._stopping.is_set():
                 break
+            self._judge_closure(opened, error)
             failures += 1
             self._lost(error, was_connected=self.connects > connects, first=failures == 1)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), backoff.next())
+
+    def _judge_closure(self, opened: bool, error: BaseException | None) -> None:
+        if not opened:
+            self._refusals.connect_failed()
+            self.login_problem = _login_refusal(error, self._topics.status)
+            if self.login_problem is not None:
+                log.error("%s", self.login_problem)
+            return
+        for request in self._refusals.closed_during(self._closed_while):
+            verb = "subscribe to" if request.action is Action.SUBSCRIBE else "publish to"
+            log.error(
+                "the broker closed the connection twice when asked to %s %s: it refuses it;"
+                " check its ACL for this gateway's certificate",
+                verb,
+                request.topic,
+            )
 
     def _lost(self, error: BaseException | None, *, was_connected: bool, first: bool) -> None:
         self.connected_since = None
@@ -371,43 +405,77 @@ class CloudSync:
             log.debug("cloud broker %s still unreachable: %s", where, self.last_error)
 
     async def _session(self, client: MqttClient) -> None:
-        subscriptions = [(self._topics.tokens, 1), (self._topics.cmd, 1)]
-        if self._delegated:
-            subscriptions.append((self._topics.fleet_jwt, 1))
-        granted = await client.subscribe(subscriptions)
-        refused = [
-            topic
-            for (topic, _), code in zip(subscriptions, _codes(granted), strict=False)
-            if code >= 0x80
-        ]
-        if refused:
-            # The broker's ACL does not give this certificate its own topics.
-            self.subscribe_problem = f"broker refused subscriptions to {', '.join(refused)}"
-            log.error("%s: check the broker's ACL", self.subscribe_problem)
-        else:
-            self.subscribe_problem = None
-        await client.publish(self._topics.status, self._status_payload(), qos=1, retain=True)
-        self._client = client
-        self.connected_since = self._clock()
-        self.connects += 1
-        self.last_error = None
-        log.info(
-            "connected to the cloud broker %s:%d as %s%s",
-            self._config.host,
-            self._config.port,
-            self._topics.gateway_id,
-            f"; sending {len(self._outgoing)} queued messages" if len(self._outgoing) else "",
-        )
+        self._in_flight = []
         try:
             async with asyncio.TaskGroup() as group:
-                group.create_task(self._publisher(client))
+                # Started first: a broker that closes the connection over a forbidden
+                # SUBSCRIBE or PUBLISH ends the message stream at once (aiomqtt would
+                # otherwise only time out the pending request).
                 group.create_task(self._receiver(client))
+                await self._subscribe(client)
+                await self._acked(
+                    Action.PUBLISH,
+                    self._topics.status,
+                    client.publish(self._topics.status, self._status_payload(), qos=1, retain=True),
+                )
+                self._client = client
+                self.connected_since = self._clock()
+                self.connects += 1
+                self.last_error = None
+                self.login_problem = None
+                log.info(
+                    "connected to the cloud broker %s:%d as %s%s",
+                    self._config.host,
+                    self._config.port,
+                    self._topics.gateway_id,
+                    f"; sending {len(self._outgoing)} queued messages"
+                    if len(self._outgoing)
+                    else "",
+                )
+                await self._say_hello(client)
+                group.create_task(self._publisher(client))
                 group.create_task(self._goodbye(client))
         except* _Stop:
             log.info("disconnected from the cloud broker")
         finally:
             self._client = None
             self.connected_since = None
+
+    async def _subscribe(self, client: MqttClient) -> None:
+        """One SUBSCRIBE per topic: a broker that closes the connection names the topic so."""
+        wanted = [self._topics.tokens, self._topics.cmd]
+        if self._delegated:
+            wanted += [self._topics.apns_jwt, self._topics.fleet_jwt]
+        for topic in wanted:
+            granted = await self._acked(Action.SUBSCRIBE, topic, client.subscribe([(topic, 1)]))
+            if any(code >= 0x80 for code in _codes(granted)):
+                # The broker's ACL does not give this certificate its own topics.
+                self._refusals.suback_failed(Request(Action.SUBSCRIBE, topic))
+                log.error("the broker refused the subscription to %s: check its ACL", topic)
+
+    async def _say_hello(self, client: MqttClient) -> None:
+        """``P/hello``: the cloud answers with the list (and JWT) this gateway lacks."""
+        current = self._keeper.current
+        payload = hello_message(
+            version=self._version,
+            tokens_ver=None if current is None else current.ver,
+            jwt_iat=self.provider_iat if self._delegated else None,
+            at=self._clock(),
+        )
+        await self._acked(
+            Action.PUBLISH, self._topics.hello, client.publish(self._topics.hello, payload, qos=1)
+        )
+
+    async def _acked(self, action: Action, topic: str, request: Awaitable[T]) -> T:
+        """Await the broker's acknowledgement of ``request``, known as in flight meanwhile."""
+        entry = Request(action, topic)
+        self._in_flight.append(entry)
+        try:
+            result = await request
+        finally:
+            self._in_flight.remove(entry)
+        self._refusals.acknowledged(entry)
+        return result
 
     async def _publisher(self, client: MqttClient) -> None:
         """Sends the status when it changed and the queue head, a window at a time, in order."""
@@ -416,16 +484,24 @@ class CloudSync:
             sent = False
             if self._status_dirty and not self._stopping.is_set():
                 self._status_dirty = False
-                await client.publish(
-                    self._topics.status, self._status_payload(), qos=1, retain=True
+                await self._acked(
+                    Action.PUBLISH,
+                    self._topics.status,
+                    client.publish(self._topics.status, self._status_payload(), qos=1, retain=True),
                 )
                 sent = True
-            batch = self._outgoing.head(PUBLISH_WINDOW)
+            # One at a time after the broker closed the connection with a window in
+            # flight: if it was a refusal, the next closure names the one topic.
+            batch = self._outgoing.head(1 if self._refusals.narrowing else PUBLISH_WINDOW)
             if batch:
                 # Sent in order on one connection; all acknowledged before the next window.
                 await asyncio.gather(
                     *(
-                        client.publish(self._topics.of(item.suffix), item.payload, qos=1)
+                        self._acked(
+                            Action.PUBLISH,
+                            self._topics.of(item.suffix),
+                            client.publish(self._topics.of(item.suffix), item.payload, qos=1),
+                        )
                         for item in batch
                     )
                 )
@@ -444,20 +520,27 @@ class CloudSync:
         raise _Stop
 
     async def _receiver(self, client: MqttClient) -> None:
-        async for message in client.messages:
-            topic = str(message.topic)
-            payload = _payload_bytes(message.payload)
-            try:
-                if topic == self._topics.tokens:
-                    self._on_token_list(payload)
-                elif topic == self._topics.cmd:
-                    self._spawn(self._on_command(payload))
-                elif topic == self._topics.fleet_jwt and self._delegated:
-                    self._on_provider_token(payload)
-                else:
-                    log.debug("ignoring a message on %s", topic)
-            except Exception:
-                log.exception("cannot handle the message on %s", topic)
+        try:
+            async for message in client.messages:
+                self._on_message(str(message.topic), _payload_bytes(message.payload))
+        except aiomqtt.MqttError:
+            # The connection closed: note what the broker had not acknowledged by then.
+            self._closed_while = list(self._in_flight)
+            raise
+
+    def _on_message(self, topic: str, payload: bytes) -> None:
+        try:
+            if topic == self._topics.tokens:
+                self._on_token_list(payload)
+            elif topic == self._topics.cmd:
+                self._spawn(self._on_command(payload))
+            elif topic in (self._topics.fleet_jwt, self._topics.apns_jwt) and self._delegated:
+                # The fleet topic and the cloud's answer to this gateway's hello alike.
+                self._on_provider_token(payload)
+            else:
+                log.debug("ignoring a message on %s", topic)
+        except Exception:
+            log.exception("cannot handle the message on %s", topic)
 
     # -- what the cloud sends ------------------------------------------------------------------
 
@@ -513,17 +596,24 @@ class CloudSync:
         self._enqueue(topics.CMD_REPLY, reply)
 
     async def _resync(self) -> tuple[bool, str]:
-        """Subscribe to ``P/tokens`` again: the broker sends the retained list anew."""
+        """Subscribe to ``P/tokens`` again (the retained list, where the broker keeps it for
+        this node) and say hello (the cloud sends the list when this gateway's is not current)."""
         client = self._client
         if client is None:
             return False, "not connected to the broker"
         waiter: asyncio.Future[Verdict] = asyncio.get_running_loop().create_future()
         self._resync_waiters.append(waiter)
         try:
-            await client.subscribe([(self._topics.tokens, 1)])
+            await self._acked(
+                Action.SUBSCRIBE, self._topics.tokens, client.subscribe([(self._topics.tokens, 1)])
+            )
+            await self._say_hello(client)
             verdict = await asyncio.wait_for(waiter, self._resync_wait)
         except TimeoutError:
-            return False, f"no retained token list on {self._topics.tokens}; {self._in_use()}"
+            if self._keeper.current is None:
+                return False, f"hello sent, but no token list on {self._topics.tokens} yet"
+            # The cloud answers a hello only when the gateway's list is not current.
+            return True, f"hello sent, no newer list from the cloud; {self._in_use()}"
         finally:
             if waiter in self._resync_waiters:
                 self._resync_waiters.remove(waiter)
@@ -557,6 +647,19 @@ def _identity_problem(config: CloudConfig, gateway_id: str) -> str | None:
     return (
         f"cloud.cert_file is for {common_name!r} but gateway.id is {gateway_id!r}: the broker"
         " gives a certificate only its own CN's topics, so nothing would arrive"
+    )
+
+
+def _login_refusal(error: BaseException | None, will_topic: str) -> str | None:
+    """A CONNACK "not authorised": the certificate's CN has no user, or may not send the will."""
+    if not isinstance(error, aiomqtt.MqttCodeError):
+        return None
+    code = getattr(error.rc, "value", error.rc)
+    if code not in NOT_AUTHORIZED:
+        return None
+    return (
+        f"the broker refused this gateway's login ({error}): check that its ACL has a user"
+        f" named after the certificate's CN, allowed to publish the last will on {will_topic}"
     )
 
 
