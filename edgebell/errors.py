@@ -8,6 +8,7 @@
     │   └── ApnsAuthError         a provider token or certificate could not be made
     ├── StoreError                the durable outbox (SQLite) failed
     ├── CloudError                MQTT sync: a refused token list, a bad message
+    ├── HomeAssistantError        the home broker's link (Home Assistant): TLS files
     └── ControlError              the control socket: daemon not running, bad request
 
 An APNs *rejection* (400, 410, 429 ...) is not an exception: it is a
@@ -70,6 +71,10 @@ class StoreError(EdgebellError):
 
 class CloudError(EdgebellError):
     """The cloud sync refused a message (bad signature, stale version, malformed)."""
+
+
+class HomeAssistantError(EdgebellError):
+    """The link to the home's MQTT broker could not be set up (its TLS files)."""
 
 
 class ControlError(EdgebellError):

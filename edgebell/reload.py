@@ -3,7 +3,8 @@
 A reload must never drop the warm APNs connection, the serial port or the control
 socket, so only settings that live above them change in place: buttons and their
 debounce and cooldown, the static tokens, what notifications say and how long they
-live, the default APNs environment and the log level. Everything else is reported
+live, the default APNs environment, the log level and the Home Assistant section
+(its own connection, apart from the rest). Everything else is reported
 as waiting for a restart.
 """
 
@@ -31,6 +32,7 @@ def adopt(running: Config, new: Config) -> Config:
         ),
         tokens=new.tokens,
         log_level=new.log_level,
+        home_assistant=new.home_assistant,  # its link reconnects by itself when it must
         lines=new.lines,  # error messages point into the file as it is now
     )
 

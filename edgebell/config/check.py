@@ -39,6 +39,14 @@ def check_config(config: Config, *, now: datetime.datetime | None = None) -> lis
         checker.ca_file("cloud.ca_file", config.cloud.ca_file)
         checker.client_identity(config.cloud.cert_file, config.cloud.key_file)
         checker.token_list_key(config.cloud.token_list_key)
+    home = config.home_assistant
+    if home is not None:
+        if home.ca_file is not None:
+            checker.ca_file("home_assistant.ca_file", home.ca_file)
+        if home.cert_file is not None and home.key_file is not None:
+            checker.client_identity(home.cert_file, home.key_file, section="home_assistant")
+        if home.password_file is not None:
+            checker.password("home_assistant.password_file", home.password_file)
     return checker.warnings + _warnings(config)
 
 
@@ -154,13 +162,22 @@ class _Checker:
         data = self.read(key_name, path, "CA file", secret=False)
         self.pem_certificates(key_name, path, data)
 
-    def client_identity(self, cert_path: Path, key_path: Path) -> None:
-        cert_data = self.read("cloud.cert_file", cert_path, "gateway certificate", secret=False)
-        certificate = self.pem_certificates("cloud.cert_file", cert_path, cert_data)[0]
-        key_data = self.read("cloud.key_file", key_path, "gateway key", secret=True)
-        key = self.pem_private_key("cloud.key_file", key_path, key_data, None)
-        self.same_key("cloud.key_file", key_path, certificate, key)
-        self.validity("cloud.cert_file", cert_path, certificate)
+    def client_identity(self, cert_path: Path, key_path: Path, *, section: str = "cloud") -> None:
+        cert_key, key_key = f"{section}.cert_file", f"{section}.key_file"
+        cert_data = self.read(cert_key, cert_path, "gateway certificate", secret=False)
+        certificate = self.pem_certificates(cert_key, cert_path, cert_data)[0]
+        key_data = self.read(key_key, key_path, "gateway key", secret=True)
+        key = self.pem_private_key(key_key, key_path, key_data, None)
+        self.same_key(key_key, key_path, certificate, key)
+        self.validity(cert_key, cert_path, certificate)
+
+    def password(self, key_name: str, path: Path) -> None:
+        try:
+            password = read_passphrase(path)
+        except ConfigError as exc:
+            raise self.fail(key_name, exc.message) from exc
+        if not password:
+            raise self.fail(key_name, f"{path} is empty: it holds the broker password")
 
     def token_list_key(self, path: Path) -> None:
         key_name = "cloud.token_list_key"

@@ -18,6 +18,7 @@ from edgebell.config.defaults import (
     default_control_socket,
     default_state_dir,
 )
+from edgebell.config.home_assistant import home_assistant_section
 from edgebell.config.model import (
     MQTT_PORTS,
     ApnsConfig,
@@ -58,6 +59,7 @@ TOP_KEYS = (
     "control_socket",
     "log_level",
     "outbox",
+    "home_assistant",
 )
 RADIO_KEYS = (
     "port",
@@ -204,6 +206,7 @@ class _Loader:
         socket_node = top.get("control_socket")
         level_node = top.get("log_level")
         outbox_node = top.get("outbox")
+        ha_node = top.get("home_assistant")
         return Config(
             source=source,
             gateway=gateway,
@@ -229,6 +232,9 @@ class _Loader:
                 else self.doc.choice(level_node, "log_level", LOG_LEVELS),
             ),
             outbox=OutboxConfig() if outbox_node is None else self.outbox(outbox_node),
+            home_assistant=(
+                None if ha_node is None else home_assistant_section(self, ha_node, gateway.id)
+            ),
             lines=MappingProxyType(dict(self.doc.lines)),
         )
 

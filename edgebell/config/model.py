@@ -162,6 +162,45 @@ class CloudConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class HomeAssistantConfig:
+    """The home's own MQTT broker, where Home Assistant discovers the doorbell and hears rings.
+
+    ``node_id`` and ``base_topic`` are filled in from the gateway id by the loader.
+    """
+
+    url: str
+    node_id: str
+    base_topic: str
+    discovery_prefix: str = "homeassistant"
+    username: str | None = None
+    password_file: Path | None = None
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    # A ring older than this when the broker is back is not sent: no burst of stale doorbells.
+    max_event_age: float = 60.0
+    reconnect_min: float = 1.0
+    reconnect_max: float = 60.0
+    keepalive: float = 60.0
+    connect_timeout: float = 10.0
+
+    @property
+    def host(self) -> str:
+        """Broker host name or address (IPv6 without brackets)."""
+        return split_url(self.url, MQTT_PORTS)[1]
+
+    @property
+    def port(self) -> int:
+        """Broker port: as given, else 8883 for ``mqtts://`` and 1883 for ``mqtt://``."""
+        return split_url(self.url, MQTT_PORTS)[2]
+
+    @property
+    def tls(self) -> bool:
+        """Whether the connection is TLS (``mqtts://``)."""
+        return split_url(self.url, MQTT_PORTS)[0] == "mqtts"
+
+
+@dataclass(frozen=True, slots=True)
 class StaticToken:
     """A device token from the config file (lowercase hex); ``env`` None means apns.environment."""
 
@@ -188,6 +227,7 @@ class Config:
     control_socket: Path
     log_level: LogLevel
     outbox: OutboxConfig = OutboxConfig()
+    home_assistant: HomeAssistantConfig | None = None
     lines: Mapping[str, int] = field(
         default_factory=lambda: MappingProxyType({}), compare=False, repr=False
     )
