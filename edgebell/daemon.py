@@ -46,6 +46,7 @@ if TYPE_CHECKING:  # the MQTT stack is imported only by gateways that have a clo
     from edgebell.cloud.messages import ProviderToken
     from edgebell.cloud.sync import CloudSync
     from edgebell.cloud.tokenlist import TokenList
+    from edgebell.homeassistant.link import HomeAssistantLink
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +116,7 @@ class Daemon:
         self.dispatcher: Dispatcher | None = None
         self.receiver: SerialReceiver | None = None
         self.cloud: CloudSync | None = None
+        self.home_assistant: HomeAssistantLink | None = None
         self._background: set[asyncio.Task[None]] = set()  # fire-and-forget tasks, kept alive
         self._auth: ApnsAuth | None = None
         self.ready = False
@@ -179,6 +181,7 @@ class Daemon:
             self.dispatcher.resume(pending)
             if self.cloud is not None:
                 self.cloud.start()
+            self._open_home_assistant()
             tasks.append(asyncio.create_task(self.receiver.run(), name="radio"))
             if self._systemd.enabled:
                 # Already while starting: STATUS= then says what start-up is waiting for.
@@ -212,6 +215,8 @@ class Daemon:
             steps.append(self.dispatcher.drain(left(CLOSE_RESERVE)))
         if self.cloud is not None:
             steps.append(self.cloud.stop(min(CLOUD_STOP_TIMEOUT, left(CLOSE_RESERVE))))
+        if self.home_assistant is not None:
+            steps.append(self.home_assistant.stop(min(CLOUD_STOP_TIMEOUT, left(CLOSE_RESERVE))))
         await asyncio.gather(*steps)
         # Last, once the drain has queued its writes: the connections, and the database
         # (its writer joined off the loop, so a slow disk cannot stall the deadline).
@@ -324,6 +329,7 @@ class Daemon:
         self._apply_static_tokens()
         if self.dispatcher is not None:
             self.dispatcher.purge_inactive()  # queued pushes to tokens no longer listed go
+        self._reload_home_assistant()
         set_level(running.log_level)
         self.config_state = ConfigState(str(source), time.time(), None, tuple(pending))
         log.info(
@@ -370,6 +376,8 @@ class Daemon:
             notifications = []
         if self.cloud is not None:
             self.cloud.ring(ring)
+        if self.home_assistant is not None:
+            self.home_assistant.ring(ring)  # a queue append: published by the link's own task
         _, count = self.rings.get(button.id, (None, 0))
         self.rings[button.id] = (ring.at, count + 1)
         log.info(
@@ -419,6 +427,22 @@ class Daemon:
             delegated=isinstance(self._auth, DelegatedAuth),
         )
         self.cloud.restore()
+
+    # -- Home Assistant (the home's own MQTT broker) ---------------------------------------------
+
+    def _open_home_assistant(self) -> None:
+        if self.config.home_assistant is None:
+            return
+        from edgebell.homeassistant.gateway import open_link
+
+        self.home_assistant = open_link(self.config, __version__, self)
+
+    def _reload_home_assistant(self) -> None:
+        if self.home_assistant is None and self.config.home_assistant is None:
+            return
+        from edgebell.homeassistant.gateway import reload_link
+
+        self.home_assistant = reload_link(self.home_assistant, self.config, __version__, self)
 
     def token_list_changed(self, token_list: TokenList) -> None:
         self._apply_static_tokens()
@@ -484,5 +508,6 @@ class Daemon:
             outbox=self.dispatcher.status(),
             store=self.store.health(),
             cloud=None if self.cloud is None else self.cloud.status(),
+            home_assistant=None if self.home_assistant is None else self.home_assistant.status(),
             config=self.config_state,
         )

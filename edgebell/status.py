@@ -71,6 +71,7 @@ def build_status(
     store: StoreHealth,
     cloud: dict[str, Any] | None,
     config: ConfigState | None = None,
+    home_assistant: dict[str, Any] | None = None,
 ) -> StatusReport:
     problems: list[str] = []
     if not radio.connected:
@@ -94,6 +95,9 @@ def build_status(
         problems += cloud.pop("problems", None) or (
             [] if cloud.get("connected") else ["cloud broker unreachable"]
         )
+    if home_assistant is not None:  # the link words its own problems (broker, credentials)
+        home_assistant = dict(home_assistant)
+        problems += home_assistant.pop("problems", None) or []
     if config is not None and config.reload_error:
         problems.append(
             f"config file refused at reload, still running the previous one "
@@ -125,6 +129,7 @@ def build_status(
             "suppressed": tokens.suppressed_count,
         },
         "cloud": cloud,
+        "home_assistant": home_assistant,
         "apns": {
             "connected": any(apns.connected.values()),
             "connections": apns.connected,
@@ -208,6 +213,16 @@ def render_human(data: dict[str, Any]) -> str:
                 f" (last: {cloud.get('last_refusal') or '-'}),"
                 f" {cloud.get('outgoing_queued', 0)} messages waiting for the broker"
             )
+    home = data.get("home_assistant")
+    if home:
+        state = "connected" if home.get("connected") else "NOT CONNECTED"
+        lines.append(
+            f"home asst  {state} to {home.get('url')}; {_count(home.get('published', 0), 'ring')}"
+            f" published, {home.get('dropped_stale', 0)} too old to send"
+            + (f", {home['queued']} waiting" if home.get("queued") else "")
+        )
+        if home.get("last_error") and not home.get("connected"):
+            lines.append(f"           last error: {home['last_error']}")
     config = data.get("config")
     if config:
         lines.append(f"config     {config['file']}, loaded {config['loaded_at']}")
