@@ -218,6 +218,25 @@ def rows(results: dict[str, Any]) -> list[Row]:
                 None,
             ),
         ]
+    home = results.get("home_assistant")
+    if home:
+        e, a = home["frame_to_home_assistant_event_ms"], home["frame_to_apns_request_ms"]
+        out += [
+            Row(
+                "7",
+                "Home Assistant p50 (frame → event at the subscriber; APNs same run)",
+                "—",
+                f"{e['p50']} ms (APNs {a['p50']} ms)",
+                None,
+            ),
+            Row(
+                "7",
+                "Home Assistant p99 (APNs same run)",
+                "—",
+                f"{e['p99']} ms (APNs {a['p99']} ms)",
+                None,
+            ),
+        ]
     return out
 
 
@@ -408,7 +427,33 @@ def _details(results: dict[str, Any]) -> list[str]:
         ]
     else:
         out += [results.get("fleet_pending", "Not measured in this run."), ""]
+    out += ["## 7. Home Assistant", "", *home_assistant_section(results)]
     return out
+
+
+def home_assistant_section(results: dict[str, Any]) -> list[str]:
+    home = results.get("home_assistant")
+    if not home:
+        return [results.get("home_assistant_pending", "Not measured in this run."), ""]
+    lines = [
+        f"{home['rings']} presses on one running daemon with one phone and a `home_assistant:`"
+        " section: a real Mosquitto (password users) as the home broker and the Home Assistant"
+        " stand-in (`testkit.ha_peer`) subscribed to it. Each press is timed from the last byte"
+        " of the frame to the event at the subscriber and, in the same run, to the request at"
+        " the APNs stand-in: the two leave the daemon in parallel (`benchmarks/ha_latency.py`).",
+        "",
+        "| frame → | p50 | p90 | p99 | min | max |",
+        "|---|---|---|---|---|---|",
+    ]
+    for key, label in (
+        ("frame_to_home_assistant_event_ms", "event at the Home Assistant subscriber (ms)"),
+        ("frame_to_apns_request_ms", "request at APNs, same presses (ms)"),
+    ):
+        s = home[key]
+        lines.append(
+            f"| {label} | {s['p50']} | {s['p90']} | {s['p99']} | {s['min']} | {s['max']} |"
+        )
+    return [*lines, ""]
 
 
 def _latency_intro(r: dict[str, Any]) -> str:

@@ -5,7 +5,8 @@
 
 ``scripts/bench`` sets the machine up and runs this. ``--quick`` runs every item small
 (seconds, for checking the harness; its figures are not the issue's) and, like
-``--only`` (a comma-separated subset of ring,household,fanout,drain,footprint,fleet),
+``--only`` (a comma-separated subset of ring,household,fanout,drain,footprint,fleet,
+home_assistant),
 leaves docs/benchmarks.md alone unless ``--doc`` names a file. ``--from-json`` renders
 the table and the document again from the raw results an earlier ``--json`` wrote.
 """
@@ -28,6 +29,7 @@ from typing import Any
 import fanout
 import fleet
 import footprint
+import ha_latency
 import outbox_drain
 import report
 import ring_latency
@@ -36,7 +38,7 @@ from common import HERE, machine
 from edgebell import __version__
 from testkit.mosquitto import mosquitto_binary
 
-ITEMS = ("ring", "household", "fanout", "drain", "footprint", "fleet")
+ITEMS = ("ring", "household", "fanout", "drain", "footprint", "fleet", "home_assistant")
 DOC = HERE.parent / "docs" / "benchmarks.md"
 
 
@@ -88,7 +90,7 @@ def run(items: tuple[str, ...], quick: bool) -> dict[str, Any]:
     small = quick
     if "ring" in items:
         rings = 20 if small else 200
-        _say(f"1/6 ring latency: {rings} rings to one phone, then fresh daemons for the first ring")
+        _say(f"1/7 ring latency: {rings} rings to one phone, then fresh daemons for the first ring")
         result = ring_latency.measure(rings, 1)
         result["first_ring_after_start_ms"] = ring_latency.measure_first_ring(
             2 if small else 5, cold_connection=False
@@ -99,31 +101,39 @@ def run(items: tuple[str, ...], quick: bool) -> dict[str, Any]:
         results["ring"] = result
     if "household" in items:
         rings = 20 if small else 200
-        _say(f"2/6 household fan-out: {rings} rings to 20 phones")
+        _say(f"2/7 household fan-out: {rings} rings to 20 phones")
         results["household"] = ring_latency.measure(rings, 20)
     if "fanout" in items:
         peers = tuple(p for p in fanout.PEERS if p != "h2load" or shutil.which("h2load"))
         if "h2load" not in peers:
             _say("   h2load not found (apt-get install nghttp2-client): no stand-in ceiling")
         count, rounds = (1000, 1) if small else (10_000, 5)
-        _say(f"3/6 sustained fan-out: {', '.join(peers)}, {count:,} pushes each, {rounds} rounds")
+        _say(f"3/7 sustained fan-out: {', '.join(peers)}, {count:,} pushes each, {rounds} rounds")
         results["fanout"] = fanout.measure(count, rounds, peers)
     if "drain" in items:
         rows = 1000 if small else 10_000
-        _say(f"4/6 outbox drain: {rows:,} rows queued while APNs is down")
+        _say(f"4/7 outbox drain: {rows:,} rows queued while APNs is down")
         results["drain"] = outbox_drain.measure(rows)
     if "footprint" in items:
         idle = 5.0 if small else 60.0
-        _say(f"5/6 footprint: idle daemon with 1,000 tokens, {idle:g} s idle, status, imports")
+        _say(f"5/7 footprint: idle daemon with 1,000 tokens, {idle:g} s idle, status, imports")
         results["footprint"] = footprint.measure(1000, idle, 5 if small else 20, 3 if small else 10)
     if "fleet" in items:
         if mosquitto_binary() is None:
-            _say("6/6 fleet: skipped, mosquitto is not installed (scripts/setup installs it)")
+            _say("6/7 fleet: skipped, mosquitto is not installed (scripts/setup installs it)")
             results["fleet_pending"] = "Not measured: mosquitto was not installed."
         else:
             gateways, rounds = (50, 1) if small else (500, 3)
-            _say(f"6/6 fleet: {gateways} gateways' cloud sync on a local Mosquitto, {rounds} lists")
+            _say(f"6/7 fleet: {gateways} gateways' cloud sync on a local Mosquitto, {rounds} lists")
             results["fleet"] = fleet.measure(gateways, rounds)
+    if "home_assistant" in items:
+        if mosquitto_binary() is None:
+            _say("7/7 Home Assistant: skipped, mosquitto is not installed (scripts/setup does)")
+            results["home_assistant_pending"] = "Not measured: mosquitto was not installed."
+        else:
+            rings = 20 if small else 200
+            _say(f"7/7 Home Assistant: {rings} rings, event at the subscriber beside APNs")
+            results["home_assistant"] = ha_latency.measure(rings)
     return results
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
 import textwrap
@@ -13,6 +14,7 @@ from pathlib import Path
 from edgebell.privacy import short_token
 from testkit.apns_standin import ReceivedPush
 from testkit.demo_cloud import LocalCloud
+from testkit.demo_home import LocalHome
 from testkit.fake_receiver import FakeReceiver
 from testkit.gateway import (
     BACK_FRAME,
@@ -91,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         with (
             FakeReceiver(root / "ttyRFLink", answer_pings=True) as receiver,
             LocalCloud.start_if_installed(root, pki) as cloud,
+            LocalHome.start_if_installed(root) as home,
         ):
             step(3, total, f"Simulated RFLink receiver plugged in at {receiver.path}")
             say("      (a pseudo-terminal; the daemon opens it like /dev/serial/by-id/...).")
@@ -99,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 cloud.introduce(say)
                 cloud.publish_list(root, phones, say)
+            if home is not None:
+                home.introduce(say)
             files = write_config(
                 root,
                 port=str(receiver.path),
@@ -107,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
                 auth=token_auth(pki.auth_key),
                 tokens=phones if cloud is None else [],
                 overrides={"log_level": "info"}
-                | ({} if cloud is None else {"cloud": cloud.config_section()}),
+                | ({} if cloud is None else {"cloud": cloud.config_section()})
+                | ({} if home is None else {"home_assistant": home.config_section()}),
             )
             step(4, total, f"Starting `edgebell run --config {files.config}`")
             daemon = DaemonProcess(files)
@@ -117,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
             say("      The daemon is up: receiver open, APNs connection warm.")
             if cloud is not None:
                 cloud.wait_in_use(daemon, say)
+            if home is not None:
+                home.show_discovery(daemon, say)
 
             step(5, total, "Someone presses the front door button.")
             say(
@@ -144,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
             say(f"      (exit code {result.returncode}: 0 healthy, 1 degraded, 3 not running)")
             if cloud is not None:
                 cloud.show_events(say)
+            if home is not None:
+                home.show_events(say)
 
             say("\nStopping the daemon with SIGTERM (as systemd does):")
             code = daemon.stop()
@@ -153,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
                 say(f"      | {line}")
     if args.keep:
         say(f"\nDemo files kept in {root}")
+    else:
+        shutil.rmtree(root, ignore_errors=True)
     say("\nDone. Next: `scripts/test` runs the whole test suite.")
     return 0 if code == 0 else 1
 

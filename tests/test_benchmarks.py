@@ -29,6 +29,7 @@ RUNS = {
         *("--tokens", "10", "--idle", "0.2", "--status-runs", "1", "--import-runs", "1"),
     ],
     "fleet": ["fleet.py", "--gateways", "3", "--rounds", "2"],
+    "home_assistant": ["ha_latency.py", "--rings", "3"],
 }
 
 
@@ -102,6 +103,12 @@ def test_fleet_sees_every_gateway_take_every_list(results: dict[str, Any]) -> No
     assert fleet["broker_memory_mb"]["with_fleet"]["rss"] > 0
 
 
+def test_home_assistant_latency_beside_apns_in_one_run(results: dict[str, Any]) -> None:
+    home = results["home_assistant"]
+    assert home["frame_to_home_assistant_event_ms"]["n"] == 3
+    assert home["frame_to_apns_request_ms"]["n"] == 3
+
+
 def test_report_renders_every_item_against_its_target(
     results: dict[str, Any], tmp_path: Path
 ) -> None:
@@ -125,7 +132,12 @@ def test_report_renders_every_item_against_its_target(
     assert done.returncode == 0, done.stderr
     assert "ring latency p50" in done.stdout
     text = doc.read_text()
-    for heading in ("## Figures against targets", "## 3. Sustained fan-out", "## 6. Fleet"):
+    for heading in (
+        "## Figures against targets",
+        "## 3. Sustained fan-out",
+        "## 6. Fleet",
+        "## 7. Home Assistant",
+    ):
         assert heading in text
     assert "≤ 150 ms" in text
     assert "## What limits the figures" in text

@@ -55,3 +55,27 @@ def test_example_without_its_files_names_the_first_missing_one() -> None:
     assert result.returncode == 2
     assert "apns.auth.key_file" in result.stderr
     assert "edgebell.apns.p8" in result.stderr
+
+
+def test_the_home_assistant_block_loads_once_uncommented(tmp_path: Path) -> None:
+    """The commented ``home_assistant:`` example is a working section, defaults as documented."""
+    from edgebell.config import load_config
+
+    lines = EXAMPLE.read_text().splitlines()
+    start = lines.index("# home_assistant:")
+    block = []
+    for line in lines[start:]:
+        if not line.startswith("#"):
+            break
+        text = line[2:]
+        if not text.lstrip().startswith("#"):  # keys, not the comments about them
+            block.append(text)
+    config = tmp_path / "config.yaml"
+    config.write_text(EXAMPLE.read_text() + "\n" + "\n".join(block) + "\n")
+    home = load_config(config).home_assistant
+    assert home is not None
+    assert home.url == "mqtt://homeassistant.local:1883"
+    assert home.username == "edgebell"
+    assert home.node_id == "edgebell_gw_0001"
+    assert home.base_topic == "edgebell/gw-0001"
+    assert home.max_event_age == 60.0
