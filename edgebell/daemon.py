@@ -31,7 +31,7 @@ from edgebell.control_server import ControlServer
 from edgebell.errors import ApnsError, ConfigError
 from edgebell.logs import set_level
 from edgebell.notifier import Notifier, Template
-from edgebell.outbox.dispatcher import LINK_RETRY_MAX, DeliveryReport, Dispatcher, Feedback
+from edgebell.outbox.dispatcher import DeliveryReport, Dispatcher, Feedback
 from edgebell.outbox.store import OutboxStore
 from edgebell.radio.events import BadFrame, Banner, Frame, RadioEvent
 from edgebell.radio.serial import SerialReceiver
@@ -138,7 +138,6 @@ class Daemon:
             connect_timeout=apns.connect_timeout,
             request_timeout=apns.request_timeout,
             ping_interval=apns.ping_interval,
-            reconnect=(apns.retry_min, min(apns.retry_max, LINK_RETRY_MAX)),
         )
         self.dispatcher = Dispatcher(
             sender=client,
@@ -151,6 +150,7 @@ class Daemon:
             on_feedback=self._on_feedback,
             on_report=self._on_report,
         )
+        client.on_lost = self.dispatcher.connection_lost  # the engine decides when to reconnect
         radio = self.config.radio
         self.receiver = SerialReceiver(
             radio.port,

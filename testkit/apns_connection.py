@@ -24,8 +24,8 @@ import hpack.huffman_table
 from h2.errors import ErrorCodes
 from hyperframe.frame import Frame, GoAwayFrame, HeadersFrame, RstStreamFrame
 
-from edgebell.apns.hpack_memo import MemoisingEncoder, hpack_integer, never_indexed_name
 from testkit.apns_rules import MAX_VOIP_PAYLOAD
+from testkit.hpack_memo import MemoisingEncoder, hpack_integer, never_indexed_name
 
 log = logging.getLogger(__name__)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import secrets
@@ -23,10 +24,14 @@ from fixtures_apns import TOPIC, apns_standin, pki
 
 from edgebell.apns.auth import TokenAuth
 from edgebell.apns.client import ApnsClient
+from edgebell.apns.client import request_headers as push_headers
 from edgebell.apns.connection import ApnsConnection, StreamFailed
 from edgebell.apns.model import Environment, Outcome, PushRequest, classify
 from edgebell.apns.payload import build_payload
 from edgebell.errors import ApnsTransportError
+from edgebell.outbox.dispatcher import Dispatcher
+from edgebell.outbox.store import OutboxStore
+from edgebell.tokens import TokenBook
 from testkit.apns_server import ApnsStandIn, server_ssl_context
 from testkit.pki import TestPki, make_server_cert
 
@@ -77,6 +82,21 @@ def make_client(pki: TestPki, url: str, **kw: Any) -> ApnsClient:
     }
     options.update(kw)
     return ApnsClient(**options)
+
+
+def engine(client: ApnsClient, state: Path, retry: tuple[float, float] = (1.0, 10.0)) -> Dispatcher:
+    """The delivery engine over ``client``, wired as the daemon wires it: it, not the
+    client, decides when a lost connection is opened again."""
+    dispatcher = Dispatcher(
+        sender=client,
+        store=OutboxStore(state / "outbox.sqlite3"),
+        tokens=TokenBook(),
+        topic=TOPIC,
+        retry_min=retry[0],
+        retry_max=retry[1],
+    )
+    client.on_lost = dispatcher.connection_lost
+    return dispatcher
 
 
 @pytest_asyncio.fixture
@@ -166,32 +186,31 @@ def test_classify_covers_the_design_table(
 
 
 def test_header_blocks_decode_to_the_request_headers() -> None:
-    from edgebell.apns.connection import _ApnsEncoder
-
-    encoder, decoder = _ApnsEncoder(), hpack.Decoder()
+    # hpack's own encoder, as h2 drives it: only the client's choice of indexing matters.
+    encoder, decoder = hpack.Encoder(), hpack.Decoder()
+    jwt = b"bearer eyJ" + b"x" * 180
     blocks = []
     for ring in ("ring-1", "ring-1", "ring-1", "ring-2", "ring-2", "ring-1"):
         tok = token() + "ab" * 60  # longer than 127 bytes: multi-byte length prefix
-        headers = [
-            (b":method", b"POST"),
-            (b":scheme", b"https"),
-            (b":path", b"/3/device/" + tok.encode()),
-            (b":authority", b"api.push.apple.com"),
-            (b"authorization", b"bearer eyJ" + b"x" * 180),
-            (b"apns-topic", TOPIC.encode()),
-            (b"apns-collapse-id", ring.encode()),
-            (b"apns-id", str(uuid.uuid4()).encode()),
-        ]
+        request = dataclasses.replace(push(tok), collapse_id=ring)
+        headers = push_headers(
+            request, (b":authority", b"api.push.apple.com"), (b"authorization", jwt)
+        )
         block = encoder.encode(headers)
         decoded = list(decoder.decode(block, raw=True))
-        assert sorted(decoded) == sorted(headers)
-        assert decoded[0][0] == b":path"  # pseudo-headers stay ahead of regular ones
+        assert decoded == [(bytes(n), bytes(v)) for n, v in headers]
+        assert decoded[2] == (b":path", b"/3/device/" + tok.encode())
+        # pseudo-headers stay ahead of regular ones
         assert [n for n, _ in decoded if n.startswith(b":")] == [n for n, _ in decoded[:4]]
-        # The token never enters the dynamic table.
-        assert all(tok.encode() not in value for _, value in decoder.header_table.dynamic_entries)
+        # The token and the apns-id never enter the dynamic table.
+        entries = decoder.header_table.dynamic_entries
+        assert all(tok.encode() not in value for _, value in entries)
+        assert all(request.apns_id.encode() not in value for _, value in entries)
         blocks.append(block)
-    # Once its headers are in the table, the shared part is a few index bytes.
+    # Once its headers are in the table, the shared part is a few index bytes: the JWT is
+    # not on the wire again.
     assert len(blocks[2]) < len(blocks[0]) - 150
+    assert jwt[10:40] not in blocks[2]
     encoder.header_table_size = 256  # the peer shrank its table: the update must lead
     decoder.max_allowed_table_size = 256
     headers = [(b":method", b"POST"), (b":path", b"/3/device/00"), (b"apns-id", b"1")]
@@ -401,7 +420,10 @@ async def test_connection_dropped_by_the_server_is_replaced(
     client: ApnsClient,
     apns_standin: ApnsStandIn,
     caplog: pytest.LogCaptureFixture,
+    tmp_path: Path,
 ) -> None:
+    lost: list[tuple[Environment, str]] = []
+    client.on_lost = lambda env, reason: lost.append((env, reason))
     apns_standin.drop_after = 2
     assert (await client.send(push())).outcome is Outcome.DELIVERED
     with caplog.at_level(logging.DEBUG, logger="edgebell"):
@@ -414,14 +436,21 @@ async def test_connection_dropped_by_the_server_is_replaced(
     assert client.status().last_error is not None
     assert any(r.levelno == logging.WARNING for r in caplog.records)
     assert dropped.token not in caplog.text
+    # The client reports the loss and leaves reconnecting to its caller.
+    assert [env for env, _ in lost] == [SANDBOX]
+    assert not client.status().connected["sandbox"]
+    assert apns_standin.connections == 1
     apns_standin.drop_after = None
-    # Reopened in the background: the next push finds a warm connection.
+    dispatcher = engine(client, tmp_path)
+    dispatcher.connection_lost(SANDBOX, lost[0][1])  # as if wired from the start
+    # Reopened in the background by the engine: the next push finds a warm connection.
     await apns_standin.wait_for(lambda s: s.connections == 2, WAIT)
     await eventually(lambda: client.status().connected["sandbox"])
     later = await asyncio.gather(*(client.send(push()) for _ in range(3)))
     assert [r.outcome for r in later] == [Outcome.DELIVERED] * 3
     assert {p.connection for p in apns_standin.received[-3:]} == {2}
     assert apns_standin.connections == 2
+    await dispatcher.drain(1.0)
 
 
 @pytest.mark.asyncio
@@ -450,7 +479,9 @@ async def test_goaway_unprocessed_streams_come_back_and_resend(
 async def test_after_goaway_the_next_connection_is_opened_before_the_next_push(
     client: ApnsClient,
     apns_standin: ApnsStandIn,
+    tmp_path: Path,
 ) -> None:
+    dispatcher = engine(client, tmp_path)
     apns_standin.goaway_after = 1  # answers the first stream, then goes away
     assert (await client.send(push())).outcome is Outcome.DELIVERED
     apns_standin.goaway_after = None
@@ -459,15 +490,18 @@ async def test_after_goaway_the_next_connection_is_opened_before_the_next_push(
     assert (await client.send(push())).outcome is Outcome.DELIVERED
     assert apns_standin.received[-1].connection == 2
     assert apns_standin.connections == 2
+    await dispatcher.drain(1.0)
 
 
 @pytest.mark.asyncio
 async def test_a_lost_connection_is_reopened_with_backoff_while_the_network_is_down(
     pki: TestPki,
     apns_standin: ApnsStandIn,
+    tmp_path: Path,
 ) -> None:
     low = 0.2
-    async with make_client(pki, apns_standin.url, reconnect=(low, 0.4)) as client:
+    async with make_client(pki, apns_standin.url) as client:
+        dispatcher = engine(client, tmp_path, retry=(low, 0.4))
         await client.connect(SANDBOX)
         apns_standin.set(drop_after=1, refuse=True)  # this connection dies, no new one opens
         lost_at = time.monotonic()
@@ -482,24 +516,32 @@ async def test_a_lost_connection_is_reopened_with_backoff_while_the_network_is_d
         await eventually(lambda: client.status().connected["sandbox"])
         assert (await client.send(push())).outcome is Outcome.DELIVERED
         assert apns_standin.connections == 2
+        await dispatcher.drain(1.0)
 
 
 @pytest.mark.asyncio
 async def test_closing_the_client_stops_reconnecting(
     pki: TestPki,
     apns_standin: ApnsStandIn,
+    tmp_path: Path,
 ) -> None:
-    def keepers() -> list[asyncio.Task[Any]]:
-        return [t for t in asyncio.all_tasks() if t.get_name().startswith("apns-keep")]
+    def reconnects() -> list[asyncio.Task[Any]]:
+        return [t for t in asyncio.all_tasks() if t.get_name().startswith("connect ")]
 
-    client = make_client(pki, apns_standin.url, reconnect=(0.05, 0.1))
+    client = make_client(pki, apns_standin.url)
+    dispatcher = engine(client, tmp_path, retry=(0.05, 0.1))
     async with client:
         await client.connect(SANDBOX)
         apns_standin.set(drop_after=1, refuse=True)
         await client.send(push())
         await apns_standin.wait_for(lambda s: s.refused >= 2, WAIT)
-        assert keepers()  # still trying
-    assert keepers() == []
+        assert dispatcher.status().links == {"sandbox": False}  # still trying
+        await dispatcher.drain(1.0)
+    refused = apns_standin.refused
+    # Nothing left to try again: no connect attempt running, no timer filed for one.
+    assert reconnects() == []
+    assert len(dispatcher._agenda) == 0
+    assert apns_standin.refused == refused
 
 
 @pytest.mark.asyncio
@@ -775,18 +817,20 @@ class _HungServer:
 
 
 @pytest.mark.asyncio
-async def test_ping_health_check_notices_a_hung_server(pki: TestPki) -> None:
+async def test_ping_health_check_notices_a_hung_server(pki: TestPki, tmp_path: Path) -> None:
     async with (
         _HungServer(pki) as hung,
         make_client(
             pki, f"https://127.0.0.1:{hung.port}", ping_interval=0.05, request_timeout=0.2
         ) as client,
     ):
+        dispatcher = engine(client, tmp_path)
         await client.connect(SANDBOX)
         assert client.status().connected["sandbox"] is True
         # The missed PING closes that connection; a new one opens without waiting for a push.
         await eventually(lambda: hung.connections >= 2)
         assert "PING" in (client.status().last_error or "")
+        await dispatcher.drain(1.0)
 
 
 @pytest.mark.asyncio

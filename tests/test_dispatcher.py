@@ -58,6 +58,7 @@ class Harness:
         self.feedback: list[Feedback] = []
         self.client = client
         self.dispatcher = self.make_dispatcher()
+        client.on_lost = self.dispatcher.connection_lost  # as the daemon wires it
 
     def make_dispatcher(self) -> Dispatcher:
         return Dispatcher(
@@ -82,7 +83,7 @@ class Harness:
         return next((r for r in self.reports if r.ring_id == ring.ring_id and r.final), None)
 
     def link_state(self, env: str = "sandbox") -> LinkState:
-        return self.dispatcher._links[env].state
+        return self.dispatcher._lanes[env].link.state
 
 
 async def until(predicate: Callable[[], object], within: float = 10.0) -> None:

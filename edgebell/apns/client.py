@@ -1,22 +1,30 @@
-"""The APNs client: one long-lived HTTP/2 connection per environment, one attempt per push."""
+"""The APNs client: one long-lived HTTP/2 connection per environment, one attempt per push.
+
+The client is the connection pool and speaks APNs: it builds the request, says what
+a refused or exhausted connection means (a 5xx retires it; a request that never got
+a stream goes on the next connection) and turns every answer into a ``PushResult``.
+It never resends a push and never reconnects on its own: whoever owns the retries
+(the delivery engine) asks again, and hears of a lost connection through ``on_lost``.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
-import random
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Self
 from urllib.parse import urlsplit
 
+import hpack
+
 from edgebell.apns.auth import ApnsAuth
 from edgebell.apns.connection import ApnsConnection, Requeued, StreamFailed
 from edgebell.apns.model import APNS_PORT, Environment, Outcome, PushRequest, PushResult, classify
-from edgebell.backoff import full_jitter
 from edgebell.errors import ApnsTransportError
 from edgebell.privacy import short_token
 from edgebell.tokens import is_device_token
@@ -55,14 +63,13 @@ class _Target:
 class ApnsClient:
     """Sends pushes to APNs; every APNs answer and transport failure becomes a ``PushResult``.
 
-    Connections are opened lazily (or warmed with :meth:`connect`) and shared by all sends
-    of an environment. Once an environment has had a connection it is kept open: when it is
-    lost (failure, failed health PING, the server's close or GOAWAY) or retired after a 5xx
-    answer (see :class:`ApnsConnection`), a new one is opened in the background at once,
-    then with backoff (``reconnect``: min and max seconds, full jitter) while that fails,
-    until it works or the client closes; so the next push finds it warm. Retrying a push
-    is the caller's job: :meth:`send` makes one attempt (a request that never got a stream
-    moves to the fresh connection).
+    Connections are opened when a push needs one (or warmed with :meth:`connect`) and
+    shared by all sends of an environment. A 5xx answer retires its connection (Apple's
+    advice: the retry goes on a fresh one); when a connection stops taking requests
+    (failure, failed health PING, the server's close or GOAWAY, a retirement)
+    ``on_lost(env, reason)`` says so, and the caller decides when to connect again.
+    :meth:`send` makes one attempt; a request that never got a stream (its connection
+    went away while it queued for a slot) moves to the next connection, once.
     """
 
     def __init__(
@@ -74,8 +81,7 @@ class ApnsClient:
         connect_timeout: float = 10.0,
         request_timeout: float = 10.0,
         ping_interval: float = 60.0,
-        reconnect: tuple[float, float] = (1.0, 60.0),
-        rng: random.Random | None = None,
+        on_lost: Callable[[Environment, str], None] | None = None,
     ) -> None:
         self._auth = auth
         self._needs_jwt = auth.mode != "certificate"
@@ -87,10 +93,7 @@ class ApnsClient:
         self._conns: dict[Environment, ApnsConnection] = {}
         self._retired: list[ApnsConnection] = []  # draining (GOAWAY, 5xx), closed at the end
         self._connecting: dict[Environment, asyncio.Task[ApnsConnection]] = {}
-        self._reconnect = reconnect
-        self._rng = rng or random.Random()
-        self._in_use: set[Environment] = set()  # had a connection: kept open from then on
-        self._keepers: dict[Environment, asyncio.Task[None]] = {}
+        self.on_lost = on_lost
         self._closed = False
         self._auth_header: tuple[str, tuple[bytes, bytes]] | None = None
         self._sent = 0
@@ -112,10 +115,6 @@ class ApnsClient:
     async def aclose(self) -> None:
         """Close every connection; pushes still in flight come back as TRANSPORT."""
         self._closed = True
-        keepers = list(self._keepers.values())
-        for keeper in keepers:
-            keeper.cancel()
-        await asyncio.gather(*keepers, return_exceptions=True)
         for task in self._connecting.values():
             task.cancel()
         conns = [*self._conns.values(), *self._retired]
@@ -222,14 +221,7 @@ class ApnsClient:
     def _headers(
         self, request: PushRequest, authorization: str | None
     ) -> list[tuple[bytes, bytes]]:
-        # Plain byte tuples, pseudo-headers first; the connection's HPACK encoder sends the
-        # token-bearing :path and apns-id as never-indexed literals.
-        headers = [
-            _POST,
-            _HTTPS,
-            (b":path", b"/3/device/" + request.token.encode("ascii")),
-            self._targets[request.environment].authority,
-        ]
+        auth_header = None
         if authorization is not None:
             cached = self._auth_header
             if cached is None or cached[0] != authorization:
@@ -237,16 +229,8 @@ class ApnsClient:
                     authorization,
                     (b"authorization", authorization.encode("ascii")),
                 )
-            headers.append(cached[1])
-        headers += (
-            (b"apns-topic", request.topic.encode()),
-            (b"apns-push-type", request.push_type.encode()),
-            (b"apns-priority", b"%d" % request.priority),
-            (b"apns-expiration", b"%d" % request.expiration),
-            (b"apns-collapse-id", request.collapse_id.encode()),
-            (b"apns-id", request.apns_id.encode()),
-        )
-        return headers
+            auth_header = cached[1]
+        return request_headers(request, self._targets[request.environment].authority, auth_header)
 
     # -- connections --------------------------------------------------------------------
 
@@ -289,6 +273,8 @@ class ApnsClient:
                 ping_interval=self._ping_interval,
                 ping_timeout=self._request_timeout,
                 on_lost=lambda c, reason: self._lost(env, c, reason),
+                describe_goaway=_goaway_reason,
+                retire_on=_retire_on,
             )
         except ApnsTransportError as exc:
             self._last_error = f"{env.value}: {exc}"
@@ -298,46 +284,71 @@ class ApnsClient:
             await conn.aclose()
             raise ApnsTransportError("the APNs client is closed")
         self._conns[env] = conn
-        self._in_use.add(env)
         log.info("connected to APNs %s at %s", env.value, conn.name)
         return conn
 
     def _lost(self, env: Environment, conn: ApnsConnection, reason: str) -> None:
-        """The connection stopped taking requests by itself: open the next one now."""
+        """The connection stopped taking requests by itself: say so; the caller reconnects."""
         if not conn.alive:  # failed; after a GOAWAY or a 5xx it drains (and logged that)
             self._last_error = f"{env.value}: {reason}"
             log.warning("APNs %s connection failed: %s", env.value, reason)
-        if self._conns.get(env) is conn:
-            self._keep(env)
-
-    def _keep(self, env: Environment) -> None:
-        """Reopen ``env``'s connection in the background (one task per environment)."""
-        if self._closed or env not in self._in_use:
-            return
-        keeper = self._keepers.get(env)
-        if keeper is None or keeper.done():
-            self._keepers[env] = asyncio.create_task(self._reopen(env), name=f"apns-keep-{env}")
-
-    async def _reopen(self, env: Environment) -> None:
-        failures = 0
-        while not self._closed:
-            conn = self._conns.get(env)
-            if conn is not None and conn.available:
-                return  # a push (or connect()) opened it meanwhile
-            if failures:
-                low, high = self._reconnect
-                await asyncio.sleep(full_jitter(failures, low, high, self._rng.random))
-            try:
-                await self._connection(env)
-            except ApnsTransportError:
-                failures += 1  # _open logged it; the network may be down: back off
-            else:
-                return
+        if self._conns.get(env) is conn and self.on_lost is not None and not self._closed:
+            self.on_lost(env, reason)
 
 
 def _local(request: PushRequest, outcome: Outcome, detail: str) -> PushResult:
     """A result decided without asking Apple (nothing was sent)."""
     return PushResult(request, outcome, None, None, None, None, detail, unprocessed=True)
+
+
+def request_headers(
+    request: PushRequest,
+    authority: tuple[bytes, bytes],
+    authorization: tuple[bytes, bytes] | None,
+) -> list[tuple[bytes, bytes]]:
+    """The HTTP/2 headers of one push, each marked for HPACK as it should be compressed.
+
+    Pseudo-headers first. Plain tuples enter the connection's HPACK dynamic table: from
+    the second request on, the provider JWT, topic and the like are a byte of index
+    each. What differs per push (``:path`` holds the device token, ``apns-id``) is a
+    never-indexed literal (RFC 7541 section 6.2.3): no token lingers in a table, and
+    the table keeps only what repeats. No header on the connection is chosen by anyone
+    else, so no guess at the indexed JWT can be compared against it.
+    """
+    headers: list[tuple[bytes, bytes]] = [
+        _POST,
+        _HTTPS,
+        hpack.NeverIndexedHeaderTuple(b":path", b"/3/device/" + request.token.encode("ascii")),
+        authority,
+    ]
+    if authorization is not None:
+        headers.append(authorization)
+    headers += (
+        (b"apns-topic", request.topic.encode()),
+        (b"apns-push-type", request.push_type.encode()),
+        (b"apns-priority", b"%d" % request.priority),
+        (b"apns-expiration", b"%d" % request.expiration),
+        (b"apns-collapse-id", request.collapse_id.encode()),
+        hpack.NeverIndexedHeaderTuple(b"apns-id", request.apns_id.encode()),
+    )
+    return headers
+
+
+def _retire_on(status: int) -> str | None:
+    """Apple's advice for a 5xx: the retry goes on a fresh connection (the streams open on
+    this one still get their answers there)."""
+    return f"APNs answered {status}" if status >= 500 else None
+
+
+def _goaway_reason(data: bytes | None) -> str | None:
+    """Apple puts ``{"reason": ...}`` in the GOAWAY debug data."""
+    if not data:
+        return None
+    try:
+        reason = json.loads(data).get("reason")
+    except (ValueError, AttributeError):
+        return None
+    return reason if isinstance(reason, str) else None
 
 
 def _error_body(body: bytes) -> tuple[str | None, int | None]:

@@ -6,10 +6,9 @@ import asyncio
 import collections
 import contextlib
 import itertools
-import json
 import logging
 import ssl
-from collections.abc import Callable, Sequence, Sized
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import h2.config
@@ -19,129 +18,18 @@ import h2.exceptions
 import h2.settings
 from h2.errors import ErrorCodes
 
-from edgebell.apns.hpack_memo import MemoisingEncoder, hpack_integer, never_indexed_name
+from edgebell.apns.h2_goaway import tolerate_goaway
+from edgebell.apns.stream import Headers, Requeued, Response, Stream, StreamFailed
 from edgebell.errors import ApnsTransportError
 
 log = logging.getLogger(__name__)
 
-Headers = Sequence[tuple[bytes, bytes]]
-Response = tuple[int, list[tuple[bytes, bytes]], bytes]
+__all__ = ["ApnsConnection", "Headers", "Requeued", "Response", "StreamFailed"]
 
-# Apple's answers are headers plus a small JSON reason; anything far larger is not APNs.
-MAX_RESPONSE_BODY = 64 * 1024
 # How long a deliberate close waits for the TLS goodbye before dropping the socket.
 CLOSE_GRACE = 1.0
 
 _MAX_CONCURRENT = h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS
-
-
-class StreamFailed(ApnsTransportError):
-    """A request got no answer; ``unprocessed``: APNs certainly did not act on it (resend it)."""
-
-    def __init__(self, message: str, *, unprocessed: bool = False) -> None:
-        super().__init__(message)
-        self.unprocessed = unprocessed
-
-
-class Requeued(StreamFailed):
-    """The request never got a stream: the connection stopped taking new ones (GOAWAY, a
-    retirement, no stream ids left) while it waited. It may go on another connection."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message, unprocessed=True)
-
-
-class _ApnsEncoder(MemoisingEncoder):
-    """hpack's encoder, with the header block of the repeated headers memoised.
-
-    Encoding header by header (table search, debug log, Huffman code) in Python is the
-    largest single cost of a request. APNs requests repeat the same headers (authority,
-    topic, JWT, ...) and differ only in ``:path`` (the device token) and ``apns-id``. Those
-    two are sent as raw never-indexed literals, so they never enter the dynamic table (and no
-    token reaches an HPACK table or hpack's debug log); the rest goes through hpack and, once
-    its headers sit in the dynamic table, encodes to the same bytes every time: that block is
-    reused until the table changes (a new expiration or collapse id, for the next ring).
-    """
-
-    def __init__(self) -> None:
-        super().__init__(memo_limit=64)
-
-    def encode(self, headers: Any, huffman: bool = True) -> bytes:
-        if self.header_table.resized:
-            return self.encode_resized(headers, _FRESH, huffman)
-        head = tail = b""
-        shared = []
-        for header in headers:
-            name = header[0]
-            prefix = _FRESH.get(name)
-            if prefix is None:
-                shared.append(header)
-                continue
-            value = header[1]
-            size = len(value)
-            field = prefix + (bytes((size,)) if size < 127 else hpack_integer(size, 7, 0)) + value
-            # Pseudo-headers must come before regular ones; the order is otherwise free.
-            if name[0] == 0x3A:  # ":"
-                head += field
-            else:
-                tail += field
-        return head + self.encode_shared(shared, huffman) + tail
-
-
-# Never-indexed literals (RFC 7541 section 6.2.3): ":path" by its static-table name index 4,
-# "apns-id" by a literal name; the value follows as a raw (not Huffman-coded) string.
-_FRESH = {
-    b":path": hpack_integer(4, 4, 0x10),
-    b"apns-id": never_indexed_name(b"apns-id"),
-}
-
-
-class _H2Client(h2.connection.H2Connection):
-    """h2's client connection with three changes, all covered by tests.
-
-    HPACK: the memoising encoder above.
-
-    GOAWAY: h2 moves the whole connection to CLOSED and then refuses every later frame,
-    while RFC 9113 section 6.8 lets streams up to ``last_stream_id`` complete.
-
-    Counting open streams: h2 walks every stream it knows on each new request (the largest
-    single cost at a thousand concurrent streams). ``ApnsConnection`` tracks exactly the
-    streams that are open in the RFC's sense (a stream leaves it only once closed: answered
-    after our END_STREAM, reset either way), so its count is used; h2's walk, which is also
-    what forgets closed streams, runs only once enough of those have piled up.
-    """
-
-    def __init__(self, config: h2.config.H2Configuration, open_streams: Sized) -> None:
-        super().__init__(config=config)
-        self._open = open_streams
-        self.encoder = _ApnsEncoder()
-
-    @property
-    def open_outbound_streams(self) -> int:
-        count = len(self._open)
-        if len(self.streams) > 2 * count + 128:
-            self._open_streams(1)  # clean-up of closed streams, amortised
-        return count
-
-    def _receive_goaway_frame(self, frame: Any) -> Any:
-        result = super()._receive_goaway_frame(frame)
-        self.state_machine.state = h2.connection.ConnectionState.CLIENT_OPEN
-        return result
-
-
-class _Stream:
-    """One request, from queued to answered."""
-
-    __slots__ = ("body", "chunks", "future", "headers", "received", "response", "sid")
-
-    def __init__(self, headers: Headers, body: bytes, future: asyncio.Future[Response]) -> None:
-        self.headers = headers
-        self.body = body  # still to send: trimmed as flow control lets it out
-        self.future = future
-        self.sid = 0  # 0: not started (waiting for a stream slot)
-        self.response: list[tuple[bytes, bytes]] = []
-        self.chunks: list[bytes] = []
-        self.received = 0
 
 
 class ApnsConnection(asyncio.Protocol):
@@ -149,10 +37,17 @@ class ApnsConnection(asyncio.Protocol):
 
     Open with :meth:`open`; then :meth:`request` until :attr:`available` turns False, and
     :meth:`aclose`. Every failure surfaces as :class:`StreamFailed` (an ``ApnsTransportError``).
-    A 5xx answer retires the connection (DESIGN.md: the retry goes on a fresh connection):
-    no new stream starts on it, open ones finish, then it closes. ``on_lost(conn, reason)``
-    is called once when the connection stops taking new requests without being asked to
-    (a failure, a failed health PING, the server's close or GOAWAY, a 5xx, no stream ids).
+    It only reports: it never resends nor reconnects. :meth:`retire` starts no new stream
+    on it, lets open ones finish, then closes it; ``retire_on(status)`` is the pool's rule
+    for answers that retire it (a reason, or None), applied before the answer's stream
+    slot goes to a waiting request.
+    ``on_lost(conn, reason)`` is called once when the connection stops taking new requests
+    (a failure, a failed health PING, the server's close or GOAWAY, a retirement, no stream
+    ids). ``describe_goaway`` turns a GOAWAY's debug data into words (APNs sends JSON).
+
+    Only h2's public API is used. Header indexing is the caller's choice: a plain tuple
+    may enter the HPACK dynamic table (the provider JWT: sent once per connection, then
+    an index), an ``hpack.NeverIndexedHeaderTuple`` never does (the device token).
     """
 
     def __init__(
@@ -162,8 +57,12 @@ class ApnsConnection(asyncio.Protocol):
         ping_interval: float,
         ping_timeout: float,
         on_lost: Callable[[ApnsConnection, str], None] | None = None,
+        describe_goaway: Callable[[bytes | None], str | None] = lambda _: None,
+        retire_on: Callable[[int], str | None] = lambda _: None,
     ) -> None:
         self.name = name
+        self._describe_goaway = describe_goaway
+        self._retire_on = retire_on
         self._loop = asyncio.get_running_loop()
         self._ping_interval = ping_interval
         self._ping_timeout = ping_timeout
@@ -172,14 +71,17 @@ class ApnsConnection(asyncio.Protocol):
             client_side=True,
             header_encoding=None,
             # Our own fixed, lower-case headers: h2's per-request checks would only cost time.
+            # Without normalisation h2 also keeps our choice of indexing per header (it would
+            # otherwise force "authorization" to never-indexed: the JWT on every request).
             validate_outbound_headers=False,
             normalize_outbound_headers=False,
         )
-        self._streams: dict[int, _Stream] = {}  # started and not closed, by stream id
-        self._h2 = _H2Client(config, self._streams)
+        self._streams: dict[int, Stream] = {}  # started and not closed, by stream id
+        self._h2 = h2.connection.H2Connection(config=config)
+        tolerate_goaway(self._h2)
         self._transport: asyncio.Transport | None = None
-        self._waiting: collections.deque[_Stream] = collections.deque()
-        self._blocked: set[_Stream] = set()  # started, body waiting for flow-control window
+        self._waiting: collections.deque[Stream] = collections.deque()
+        self._blocked: set[Stream] = set()  # started, body waiting for flow-control window
         self._max_streams = 1  # until the server's SETTINGS say otherwise
         self._settled: asyncio.Future[None] = self._loop.create_future()
         self._lost: asyncio.Future[None] = self._loop.create_future()
@@ -204,10 +106,18 @@ class ApnsConnection(asyncio.Protocol):
         ping_interval: float,
         ping_timeout: float,
         on_lost: Callable[[ApnsConnection, str], None] | None = None,
+        describe_goaway: Callable[[bytes | None], str | None] = lambda _: None,
+        retire_on: Callable[[int], str | None] = lambda _: None,
     ) -> ApnsConnection:
         """Connect, verify TLS, agree on h2 (ALPN) and wait for the server's SETTINGS."""
         name = f"{host}:{port}"
-        conn = cls(name=name, ping_interval=ping_interval, ping_timeout=ping_timeout)
+        conn = cls(
+            name=name,
+            ping_interval=ping_interval,
+            ping_timeout=ping_timeout,
+            describe_goaway=describe_goaway,
+            retire_on=retire_on,
+        )
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(connect_timeout):
@@ -299,7 +209,7 @@ class ApnsConnection(asyncio.Protocol):
         """
         if not self.available:
             raise StreamFailed(self._unavailable_reason(), unprocessed=True)
-        stream = _Stream(headers, body, self._loop.create_future())
+        stream = Stream(headers, body, self._loop.create_future())
         if len(self._streams) < self._max_streams and not self._waiting:
             self._start(stream)
             self._flush()  # written now, in this event-loop turn: no flush timer
@@ -330,48 +240,27 @@ class ApnsConnection(asyncio.Protocol):
             self._pings.pop(opaque, None)
         return self._loop.time() - started
 
-    def _start(self, stream: _Stream) -> None:
+    def _start(self, stream: Stream) -> None:
         h2conn = self._h2
         try:
             sid = h2conn.get_next_available_stream_id()
-            h2conn.send_headers(sid, stream.headers, end_stream=not stream.body)
         except h2.exceptions.NoAvailableStreamIDError:
             # 2^30 requests on one connection: time for a new one.
-            self._draining = True
             reason = "connection ran out of stream ids"
-            stream.future.set_exception(Requeued(reason))
-            self._fail_waiting(reason, requeue=True)
-            self._tell_lost(reason)
-            if not self._streams:
-                self._drained()
+            stream.fail(Requeued(reason))
+            self.retire(reason)
             return
+        try:
+            blocked = stream.start(h2conn, sid)
         except h2.exceptions.ProtocolError as exc:
-            stream.future.set_exception(StreamFailed(f"HTTP/2: {exc}", unprocessed=True))
+            stream.fail(StreamFailed(f"HTTP/2: {exc}", unprocessed=True))
             return
-        stream.sid = sid
         self._streams[sid] = stream
-        if stream.body:
-            self._send_body(stream)
+        if blocked:
+            self._blocked.add(stream)
 
-    def _send_body(self, stream: _Stream) -> None:
-        h2conn = self._h2
-        sid = stream.sid
-        body = stream.body
-        window = h2conn.local_flow_control_window(sid)
-        frame = h2conn.max_outbound_frame_size
-        if len(body) <= window and len(body) <= frame:  # the usual case: one DATA frame
-            h2conn.send_data(sid, body, end_stream=True)
-            stream.body = b""
-            self._blocked.discard(stream)
-            return
-        sent = 0
-        allowed = min(window, len(body))
-        while sent < allowed:
-            chunk = body[sent : sent + min(frame, allowed - sent)]
-            sent += len(chunk)
-            h2conn.send_data(sid, chunk, end_stream=sent == len(body))
-        stream.body = body[sent:]
-        if stream.body:
+    def _send_body(self, stream: Stream) -> None:
+        if stream.send_body(self._h2):
             self._blocked.add(stream)
         else:
             self._blocked.discard(stream)
@@ -384,7 +273,7 @@ class ApnsConnection(asyncio.Protocol):
             if not stream.future.done():
                 self._start(stream)
 
-    def _finish(self, sid: int) -> _Stream | None:
+    def _finish(self, sid: int) -> Stream | None:
         stream = self._streams.pop(sid, None)
         if stream is not None:
             if stream.body:
@@ -395,7 +284,7 @@ class ApnsConnection(asyncio.Protocol):
                 self._drained()
         return stream
 
-    def _expire(self, stream: _Stream, timeout: float) -> None:
+    def _expire(self, stream: Stream, timeout: float) -> None:
         if stream.future.done():
             return
         if stream.sid == 0:
@@ -409,7 +298,7 @@ class ApnsConnection(asyncio.Protocol):
         self._reset(stream)
         stream.future.set_exception(StreamFailed(f"no answer within {timeout:g} s"))
 
-    def _reset(self, stream: _Stream) -> None:
+    def _reset(self, stream: Stream) -> None:
         sid = stream.sid
         if self._streams.get(sid) is not stream:
             return
@@ -510,12 +399,9 @@ class ApnsConnection(asyncio.Protocol):
         stream = self._streams.get(sid)
         if stream is None or event.data is None:
             return
-        stream.received += len(event.data)
-        if stream.received > MAX_RESPONSE_BODY:
+        if not stream.take_data(event.data):
             self._reset(stream)
-            stream.future.set_exception(StreamFailed("oversized response from the server"))
-            return
-        stream.chunks.append(event.data)
+            stream.fail(StreamFailed("oversized response from the server"))
 
     def _on_end(self, event: h2.events.StreamEnded) -> None:
         sid = event.stream_id
@@ -526,33 +412,22 @@ class ApnsConnection(asyncio.Protocol):
             # Answered before our body was all out (a 413): stop sending, close the stream.
             with contextlib.suppress(h2.exceptions.ProtocolError):
                 self._h2.reset_stream(sid, ErrorCodes.CANCEL)
-        status = None
-        for name, value in stream.response:
-            if name == b":status":
-                status = value
-                break
-        try:
-            code = int(status)  # type: ignore[arg-type]
-        except (TypeError, ValueError):
-            code = 0
-        if code >= 500:
-            self._retire(f"APNs answered {code}")  # before _finish hands the slot on
+        status = stream.status()
+        if status is not None:
+            retire = self._retire_on(status)
+            if retire is not None:
+                self.retire(retire)  # before _finish hands the slot to a waiting request
         self._finish(sid)
-        if stream.future.done():
-            return
-        if code == 0:
-            stream.future.set_exception(StreamFailed("response without a valid :status"))
-            return
-        stream.future.set_result((code, stream.response, b"".join(stream.chunks)))
+        stream.answer(status)
 
     def _on_reset(self, event: h2.events.StreamReset) -> None:
         stream = self._finish(event.stream_id)
-        if stream is None or stream.future.done():
+        if stream is None:
             return
         code = event.error_code
         name = code.name if isinstance(code, ErrorCodes) else str(code)
         # REFUSED_STREAM promises the request was not processed (RFC 9113 section 8.7).
-        stream.future.set_exception(
+        stream.fail(
             StreamFailed(
                 f"stream reset by the server ({name})",
                 unprocessed=code == ErrorCodes.REFUSED_STREAM,
@@ -591,7 +466,7 @@ class ApnsConnection(asyncio.Protocol):
         last = event.last_stream_id if event.last_stream_id is not None else 0
         code = event.error_code
         why = code.name if isinstance(code, ErrorCodes) else str(code)
-        reason = _goaway_reason(event.additional_data)
+        reason = self._describe_goaway(event.additional_data)
         self.last_error = f"GOAWAY {why}" + (f" ({reason})" if reason else "")
         log.info("APNs %s is going away (%s)", self.name, self.last_error)
         # Streams above last_stream_id were never processed: safe to send again elsewhere.
@@ -632,7 +507,7 @@ class ApnsConnection(asyncio.Protocol):
 
     # -- failure ----------------------------------------------------------------------
 
-    def _retire(self, reason: str) -> None:
+    def retire(self, reason: str) -> None:
         """Start no new stream here: queued requests fail as :class:`Requeued` (for a fresh
         connection), open streams finish, then the connection closes (see :meth:`_finish`)."""
         if not self.available:
@@ -642,6 +517,8 @@ class ApnsConnection(asyncio.Protocol):
         log.info("APNs %s: %s, no new streams on this connection", self.name, reason)
         self._fail_waiting(reason, requeue=True)
         self._tell_lost(reason)
+        if not self._streams:
+            self._drained()
 
     def _drained(self) -> None:
         """After GOAWAY, the last open stream has finished: say goodbye."""
@@ -703,14 +580,3 @@ class ApnsConnection(asyncio.Protocol):
         if self._dead is not None:
             return self._dead
         return self.last_error or "connection is closing"
-
-
-def _goaway_reason(data: bytes | None) -> str | None:
-    """Apple puts ``{"reason": ...}`` in the GOAWAY debug data."""
-    if not data:
-        return None
-    try:
-        reason = json.loads(data).get("reason")
-    except (ValueError, AttributeError):
-        return None
-    return reason if isinstance(reason, str) else None

@@ -1,29 +1,41 @@
-"""Drives every outbox notification to a final answer from Apple: send, retry, collapse, expire.
+"""The delivery engine: drives every outbox notification to a final answer from Apple.
 
-Each notification (an outbox row) has one small task that loops until its fate is
-settled. What Apple answers decides the row's next step (DESIGN.md's table): 5xx
-backs off per row, 429 per token, 410 suppresses the token. No answer at all is a
-fact about the connection, so it goes to the environment's :class:`Link`, whose
-one reconnect loop probes Apple while the rows wait; a new ring for a phone that
-still has an undelivered push of the same button collapses into it ("3 rings at
-Front door"), so an outage leaves one push per phone and button, not a pile.
+It is the one owner of "when do we try again", per push, per phone and per
+connection; the APNs client below it makes one attempt per call and only reports.
+
+- Rows (outbox notifications) are plain slotted objects in queues, not tasks: per
+  environment, fresh rings first, then everything that must go again, in the order
+  it came back (a push that failed goes to the back, so the oldest cannot hog the
+  head of the line). Rows that wait for a time (a phone's 429 backoff, refused
+  credentials, expiry while Apple is away) are filed in one :class:`Agenda` heap.
+- The environment's :class:`Link` decides what may go out now: down, probing or up,
+  a window of requests in flight (slow start after an abrupt loss) and a pause after
+  5xx answers. A task exists only per request on the wire and per connect attempt.
+- What Apple answers decides the row's next step (docs/design.md's table): 429 backs
+  off that phone, 410 suppresses the token, 5xx pauses the environment (the row
+  itself goes again as soon as the link allows: no push is parked for a minute).
+- A new ring for a phone that still has an undelivered push of the same button
+  collapses into it ("3 rings at Front door"), so an outage leaves one push per phone
+  and button, not a pile.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from edgebell.apns.model import Environment, Outcome, PushRequest, PushResult
 from edgebell.backoff import full_jitter
+from edgebell.outbox.agenda import Agenda
 from edgebell.outbox.ledger import INTERIM_REPORT_AFTER, DeliveryReport, Ledger
-from edgebell.outbox.link import Link, LinkState, Ticket
+from edgebell.outbox.link import Link, LinkState
 from edgebell.outbox.store import OutboxStore, Suppressed
 from edgebell.privacy import short_token
 from edgebell.rings import Fate, Notification
@@ -36,6 +48,10 @@ log = logging.getLogger(__name__)
 # The longest wait between two attempts to reach Apple again after an outage.
 LINK_RETRY_MAX = 10.0
 
+# A pause after a 5xx starts at retry_min and doubles per 5xx in a row, up to this: while
+# Apple answers some pushes, every phone of a fresh ring is reached within seconds.
+PAUSE_MAX_BUSY = 4.0
+
 # Answers that prove Apple took our credentials.
 _ACCEPTED = frozenset({Outcome.DELIVERED, Outcome.TOKEN_DEAD, Outcome.FAILED})
 
@@ -44,7 +60,11 @@ Collapse = Callable[[Notification, Notification], Notification]
 
 
 class Sender(Protocol):
-    """What the dispatcher needs of the APNs client."""
+    """What the dispatcher needs of the APNs client: one attempt per call, no retries.
+
+    ``send`` never raises for Apple's answers or transport trouble (it returns a
+    ``PushResult``); ``connect`` opens or health-checks an environment's connection and
+    raises ``ApnsTransportError`` when Apple cannot be reached."""
 
     async def send(self, request: PushRequest) -> PushResult: ...
 
@@ -89,21 +109,50 @@ class OutboxStatus:
 
 @dataclass(slots=True, eq=False)
 class _Row:
+    """One queued push: a few words of state beside its notification (no task, no event)."""
+
     notification: Notification
-    urgent: bool  # a fresh ring: first in line when the link comes back
+    urgent: bool  # a fresh ring (never tried): first in line, and it hurries a reconnect
     attempts: int = 0
-    failures: int = 0  # Apple's 5xx answers so far: the row's own backoff
     renewed: bool = False  # retried once already after ExpiredProviderToken
-    not_before: float = 0.0
     on_wire: bool = False
     settled: bool = False
-    rides: list[str] = field(default_factory=list)  # ring ids collapsed into this push
-    task: asyncio.Task[None] | None = None
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    where: int = 0  # _FRESH or _AGAIN while in a link's queue, else 0
+    rides: list[str] | None = None  # ring ids collapsed into this push
+    stamp: int = 0  # for the agenda
+    filed: bool = False
 
     @property
     def key(self) -> tuple[str, str]:
         return self.notification.token, self.notification.button
+
+
+_FRESH, _AGAIN = 1, 2
+
+
+@dataclass(slots=True, eq=False)
+class _Lane:
+    """One environment: its link, its queues, and its one connect attempt."""
+
+    env: Environment
+    link: Link
+    fresh: collections.deque[_Row] = field(default_factory=collections.deque)
+    again: collections.deque[_Row] = field(default_factory=collections.deque)
+    connect: asyncio.Task[None] | None = None
+    stamp: int = 0  # for the agenda: the link's next reconnect or end of pause
+    filed: bool = False
+
+    def next_row(self) -> _Row | None:
+        for queue, where in ((self.fresh, _FRESH), (self.again, _AGAIN)):
+            while queue:
+                row = queue.popleft()
+                if row.where == where and not row.settled:
+                    row.where = 0
+                    return row
+        return None
+
+    def waiting(self) -> bool:
+        return any(r.where and not r.settled for q in (self.fresh, self.again) for r in q)
 
 
 class Dispatcher:
@@ -136,10 +185,12 @@ class Dispatcher:
         self._clock = clock
         self._rng = rng or random.Random()
         self._ledger = Ledger(on_report, interim_after=interim_after)
+        self._agenda: Agenda[_Row | _Lane] = Agenda(self._due, clock)
         self._rows: dict[str, _Row] = {}
         self._keyed: dict[tuple[str, str], list[_Row]] = {}  # per (token, button), oldest first
-        self._links: dict[str, Link] = {}
+        self._lanes: dict[str, _Lane] = {}
         self._token_backoff: dict[str, tuple[int, float]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()  # requests on the wire, connect attempts
         self._in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -166,8 +217,13 @@ class Dispatcher:
             fresh.append(row)
         if persist and fresh:
             self._store.add([row.notification for row in fresh])
+        lanes = set()
         for row in fresh:
-            row.task = asyncio.create_task(self._run(row), name=f"push {row.notification.apns_id}")
+            lane = self._enqueue(row)
+            if lane is not None:
+                lanes.add(lane.env)
+        for env in lanes:
+            self._pump(self._lanes[env])
 
     def resume(self, notifications: Iterable[Notification]) -> None:
         """Take over rows found in the database at start (already persisted), oldest first."""
@@ -178,15 +234,22 @@ class Dispatcher:
         self._ledger.empty_ring(ring_id)
 
     def purge_inactive(self) -> None:
-        """Wake every row so that rows whose token left the list are dropped at once."""
-        for row in self._rows.values():
-            if not self._tokens.is_active(row.notification.token):
-                row.wake.set()
+        """Drop at once the waiting rows whose token left the list."""
+        for row in list(self._rows.values()):
+            if not row.on_wire and not self._tokens.is_active(row.notification.token):
+                self._settle(row, Fate.REMOVED)
 
     def wake_all(self) -> None:
         """Something changed that may let waiting rows through now (a new provider JWT)."""
-        for row in self._rows.values():
-            row.wake.set()
+        lanes = set()
+        for row in list(self._rows.values()):
+            if row.filed and not row.where and not row.on_wire:
+                self._agenda.withdraw(row)
+                lane = self._enqueue(row)
+                if lane is not None:
+                    lanes.add(lane.env)
+        for env in lanes:
+            self._pump(self._lanes[env])
 
     def token_dead(self, n: Notification, result: PushResult) -> None:
         """Apple called a token dead outside the outbox (a test push): suppress and report it."""
@@ -194,7 +257,16 @@ class Dispatcher:
 
     def connect_failed(self, env: Environment, detail: str) -> None:
         """Apple could not be reached outside a push (at start): the link starts down."""
-        self._link(env.value).connect_failed(detail)
+        lane = self._lane(env.value)
+        lane.link.connect_failed(self._clock(), detail)
+        self._pump(lane)
+
+    def connection_lost(self, env: Environment, reason: str) -> None:
+        """The client's connection to ``env`` went away (GOAWAY, failed PING, closed):
+        reconnect now, so the next ring finds it warm."""
+        lane = self._lane(env.value)
+        lane.link.lost(self._clock(), reason)
+        self._pump(lane)
 
     # -- offline collapse ----------------------------------------------------------------
 
@@ -223,7 +295,7 @@ class Dispatcher:
         assert self._collapse is not None
         merged = self._collapse(target.notification, n)
         target.notification = merged
-        target.rides.append(n.ring_id)
+        target.rides = [*(target.rides or ()), n.ring_id]
         self._store.collapse(merged)
         if stored:
             self._store.remove([n.apns_id])
@@ -236,75 +308,16 @@ class Dispatcher:
             merged.rings,
         )
         # The newest ring must not wait out the older push's backoff: it goes now (or first).
-        target.urgent = True
-        target.not_before = 0.0
-        target.wake.set()
+        self._hurry(target)
 
-    # -- one row's life ------------------------------------------------------------
-
-    async def _run(self, row: _Row) -> None:
-        try:
-            while not self._closing and not row.settled:
-                n = row.notification
-                fate = self._doomed(n)
-                if fate is not None:
-                    self._settle(row, fate)
-                    return
-                now = self._clock()
-                not_before = max(row.not_before, self._token_backoff.get(n.token, (0, 0.0))[1])
-                if not_before > now:
-                    await self._sleep(row, not_before - now, until=n.expires_at)
-                    continue
-                link = self._link(n.env)
-                ticket = link.ticket(urgent=row.urgent)
-                sent = False
-                try:
-                    if not ticket.done():
-                        await self._await_ticket(row, ticket, until=n.expires_at)
-                        if not ticket.done() or ticket.cancelled():
-                            continue  # woken or expired: look again
-                    n = row.notification  # it may stand for more rings by now
-                    if self._closing or row.settled or self._doomed(n) is not None:
-                        continue
-                    sent = True
-                    await self._attempt(row, n, link, probe=ticket.result())
-                finally:
-                    if not sent:
-                        link.give_back(ticket)  # a probe nobody sends would block the link
-        except asyncio.CancelledError:
-            # Shutdown: the row stays in the database for the next start.
-            self._forget(row)
-            raise
-
-    async def _attempt(self, row: _Row, n: Notification, link: Link, *, probe: bool) -> None:
-        row.urgent = False
-        row.on_wire = True
-        try:
-            result = await self._send(n)
-        except Exception:
-            # A bug, not an answer: keep the row (and the link's probe slot) alive.
-            log.exception("sending the push to %s failed unexpectedly", short_token(n.token))
-            link.inconclusive(probe=probe)
-            row.failures += 1
-            row.not_before = self._clock() + self._delay(row.failures)
-            return
-        finally:
-            row.on_wire = False
-        row.attempts += 1
-        if result.outcome is Outcome.TRANSPORT:
-            link.failed(result.detail or "no answer", probe=probe)
-            if not self._closing:
-                self.resent_total += 1
-        elif result.status is None:
-            link.inconclusive(probe=probe)
-        else:
-            link.answered(probe=probe)
-        delay = self._handle(row, n, result)
-        if delay is None:
-            return
-        self._store.set_attempts(n.apns_id, row.attempts)
-        row.not_before = self._clock() + delay if delay > 0 else 0.0
-        self._fold(row)
+    def _hurry(self, row: _Row) -> None:
+        row.urgent = True
+        if row.where != _FRESH:
+            self._agenda.withdraw(row)
+            row.where = 0
+            lane = self._enqueue(row)
+            if lane is not None:
+                self._pump(lane)
 
     def _fold(self, row: _Row) -> None:
         """Back from an attempt that failed: the phone's other waiting pushes of this button
@@ -315,20 +328,22 @@ class Dispatcher:
         if len(waiting) < 2:
             return
         target = waiting[0]
+        urgent = False
         for other in waiting[1:]:
             merged = self._collapse(target.notification, other.notification)
             target.notification = merged
-            target.rides += [other.notification.ring_id, *other.rides]
-            other.settled = True  # its task sees this and ends; its rings ride on the target
+            target.rides = [
+                *(target.rides or ()),
+                other.notification.ring_id,
+                *(other.rides or ()),
+            ]
+            other.settled = True  # dropped from its queue when it comes up; rides on target
+            self._agenda.withdraw(other)
             self._forget(other)
-            other.wake.set()
             self._store.collapse(merged)
             self._store.remove([other.notification.apns_id])
             self.collapsed_total += other.notification.rings
-            if other.urgent:  # a ring never tried yet goes now, as it would have on its own
-                target.urgent = True
-                target.not_before = 0.0
-                target.wake.set()
+            urgent = urgent or other.urgent
         log.info(
             "%d waiting pushes to %s for %s are now one (%d rings)",
             len(waiting),
@@ -336,6 +351,8 @@ class Dispatcher:
             row.notification.button,
             target.notification.rings,
         )
+        if urgent:  # a ring never tried yet goes now, as it would have on its own
+            self._hurry(target)
 
     def _doomed(self, n: Notification) -> Fate | None:
         if not self._tokens.is_active(n.token):
@@ -343,6 +360,155 @@ class Dispatcher:
         if self._clock() >= n.expires_at:
             return Fate.EXPIRED
         return None
+
+    # -- the schedule ----------------------------------------------------------------------
+
+    def _enqueue(self, row: _Row) -> _Lane | None:
+        """Put ``row`` where it waits now: settled, filed for later, or in its link's queue."""
+        if self._closing or row.settled or row.on_wire or row.where:
+            return None  # already on its way
+        n = row.notification
+        fate = self._doomed(n)
+        if fate is not None:
+            self._settle(row, fate)
+            return None
+        now = self._clock()
+        not_before = self._token_backoff.get(n.token, (0, 0.0))[1]
+        if not_before > now:
+            self._agenda.file(row, min(not_before, n.expires_at))
+            return None
+        lane = self._lane(n.env)
+        if row.urgent:
+            row.where = _FRESH
+            lane.fresh.append(row)
+            lane.link.hurry(now)
+        else:
+            row.where = _AGAIN
+            lane.again.append(row)
+        if lane.link.state is not LinkState.UP:
+            self._agenda.file(row, n.expires_at)  # settled as expired if Apple stays away
+        return lane
+
+    def _due(self, item: _Row | _Lane) -> None:
+        """The agenda's call: a row's wait is over (or it expired), or a link's timer."""
+        if isinstance(item, _Lane):
+            self._pump(item)
+            return
+        if item.where:  # queued while Apple is away: its expiry came up
+            fate = self._doomed(item.notification)
+            if fate is not None:
+                self._settle(item, fate)
+            else:
+                self._agenda.file(item, item.notification.expires_at)
+            return
+        lane = self._enqueue(item)
+        if lane is not None:
+            self._pump(lane)
+
+    def _pump(self, lane: _Lane) -> None:
+        """Send what the link allows now; file the link's next timer."""
+        if self._closing:
+            return
+        link = lane.link
+        now = self._clock()
+        if link.due_to_connect(now):
+            self._connect(lane)
+        while link.may_send(now):
+            row = lane.next_row()
+            if row is None:
+                break
+            self._agenda.withdraw(row)
+            n = row.notification
+            fate = self._doomed(n)
+            if fate is not None:
+                self._settle(row, fate)
+                continue
+            if self._token_backoff.get(n.token, (0, 0.0))[1] > now:
+                self._enqueue(row)
+                continue
+            seq, probe = link.sent()
+            row.on_wire = True
+            row.urgent = False
+            self._spawn(self._attempt(row, n, lane, seq, probe), f"push {n.apns_id}")
+        wake = None
+        if link.state is LinkState.DOWN and not link.connecting:
+            wake = link.reconnect_at
+        elif link.state is LinkState.UP and link.paused_until > now and lane.waiting():
+            wake = link.paused_until
+        if wake is not None:
+            self._agenda.file(lane, wake)
+
+    def _spawn(self, coro: Coroutine[None, None, None], name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _connect(self, lane: _Lane) -> None:
+        lane.link.connecting = True
+        self._spawn(self._reconnect(lane), f"connect {lane.env.value}")
+
+    async def _reconnect(self, lane: _Lane) -> None:
+        try:
+            await self._sender.connect(lane.env)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            lane.link.connect_failed(self._clock(), str(exc))
+            log.debug("APNs %s still unreachable: %s", lane.env.value, exc)
+        else:
+            lane.link.connected(waiting=lane.waiting())
+        self._pump(lane)
+
+    # -- one attempt -----------------------------------------------------------------------
+
+    async def _attempt(
+        self, row: _Row, n: Notification, lane: _Lane, seq: int, probe: bool
+    ) -> None:
+        link = lane.link
+        try:
+            result = await self._send(n)
+        except asyncio.CancelledError:
+            raise  # shutdown: the row stays in the database for the next start
+        except Exception:
+            # A bug, not an answer: keep the row (and the link's probe slot) alive.
+            log.exception("sending the push to %s failed unexpectedly", short_token(n.token))
+            row.on_wire = False
+            link.local_failure(seq, probe=probe)
+            self._agenda.file(row, self._clock() + self._delay(row.attempts + 1))
+            self._pump(lane)
+            return
+        row.on_wire = False
+        row.attempts += 1
+        now = self._clock()
+        outcome = result.outcome
+        if outcome is Outcome.TRANSPORT:
+            link.unanswered(
+                seq,
+                probe=probe,
+                processed=not result.unprocessed,
+                now=now,
+                detail=result.detail or "no answer",
+            )
+            if not self._closing:
+                self.resent_total += 1
+        elif result.status is None:
+            link.local_failure(seq, probe=probe)
+        else:
+            link.answered(
+                seq,
+                probe=probe,
+                overloaded=outcome in (Outcome.RETRY, Outcome.AUTH_BACKOFF),
+                now=now,
+            )
+        delay = self._handle(row, n, result)
+        if delay is not None:
+            self._store.set_attempts(n.apns_id, row.attempts)
+            if delay > 0:
+                self._agenda.file(row, min(now + delay, row.notification.expires_at))
+            else:
+                self._enqueue(row)
+            self._fold(row)
+        self._pump(lane)
 
     async def _send(self, n: Notification) -> PushResult:
         request = push_request(n, self._topic)
@@ -356,7 +522,8 @@ class Dispatcher:
                 self._idle.set()
 
     def _handle(self, row: _Row, n: Notification, result: PushResult) -> float | None:
-        """Act on Apple's answer; the delay before the next attempt, or None when settled."""
+        """Act on Apple's answer: the row's wait before it may go again (0: as soon as its
+        link allows), or None when settled."""
         outcome = result.outcome
         if self.auth_problem is not None and outcome in _ACCEPTED:
             log.warning("APNs accepts our credentials again")
@@ -378,8 +545,9 @@ class Dispatcher:
             )
             self._settle(row, Fate.FAILED)
             return None
-        if outcome is Outcome.TRANSPORT:
-            return 0.0  # the link decides when to go again; this row waits for it
+        if outcome in (Outcome.TRANSPORT, Outcome.RETRY, Outcome.AUTH_BACKOFF):
+            # The link decides when: it reconnects, or pauses the environment after a 5xx.
+            return 0.0
         if outcome is Outcome.RETRY_TOKEN:
             count = self._token_backoff.get(n.token, (0, 0.0))[0] + 1
             delay = self._delay(count)
@@ -394,9 +562,8 @@ class Dispatcher:
                 log.error("%s; pushes stay queued until the configuration is fixed", problem)
             self.auth_problem = problem
             return self._retry_max
-        # 5xx, a JWT still refused after renewing, too many JWT updates: back off this row.
-        row.failures += 1
-        return self._delay(row.failures)
+        # A JWT still refused after renewing: back off this row.
+        return self._delay(row.attempts)
 
     def _dead_token(self, n: Notification, result: PushResult) -> None:
         status = result.status or 0
@@ -414,46 +581,19 @@ class Dispatcher:
             reason,
         )
         self._on_feedback(Feedback(n.token, status, reason, result.timestamp_ms, n.ver))
-        # Other queued rows to the same token settle as soon as they wake.
-        for other in self._rows.values():
-            if other.notification.token == n.token:
-                other.wake.set()
-
-    # -- waiting ---------------------------------------------------------------------
-
-    async def _sleep(self, row: _Row, delay: float, *, until: float) -> None:
-        """Sleep ``delay`` (never past the row's expiry) unless the row is woken."""
-        delay = max(0.0, min(delay, until - self._clock()))
-        row.wake.clear()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(row.wake.wait(), delay)
-
-    async def _await_ticket(self, row: _Row, ticket: Ticket, *, until: float) -> None:
-        """Wait for the link to let the row send, its wake-up call or its expiry."""
-        row.wake.clear()
-        woken: asyncio.Future[object] = asyncio.ensure_future(row.wake.wait())
-        waited: set[asyncio.Future[object]] = {ticket, woken}  # type: ignore[arg-type]
-        try:
-            await asyncio.wait(
-                waited,
-                timeout=max(0.0, until - self._clock()),
-                return_when=asyncio.FIRST_COMPLETED,
-            )
-        finally:
-            woken.cancel()
+        # Other waiting rows to the same token settle now.
+        for other in list(self._rows.values()):
+            if other.notification.token == n.token and not other.on_wire:
+                self._settle(other, Fate.FAILED)
 
     # -- links ---------------------------------------------------------------------------
 
-    def _link(self, env: str) -> Link:
-        link = self._links.get(env)
-        if link is None:
-            environment = Environment(env)
-
-            async def connect() -> None:
-                await self._sender.connect(environment)
-
-            link = self._links[env] = Link(env, connect=connect, delay=self._link_delay)
-        return link
+    def _lane(self, env: str) -> _Lane:
+        lane = self._lanes.get(env)
+        if lane is None:
+            link = Link(env, reconnect_delay=self._link_delay, pause_delay=self._pause_delay)
+            lane = self._lanes[env] = _Lane(Environment(env), link)
+        return lane
 
     def _delay(self, attempt: int) -> float:
         return full_jitter(attempt, self._retry_min, self._retry_max, self._rng.random)
@@ -465,11 +605,21 @@ class Dispatcher:
         ceiling = min(self._retry_max, LINK_RETRY_MAX)
         return full_jitter(attempt, min(self._retry_min, ceiling), ceiling, self._rng.random)
 
+    def _pause_delay(self, strikes: int) -> float:
+        # Apple overloaded: pause the environment, longer while nothing but 5xx comes back.
+        # Up to a few seconds while some pushes still succeed (strikes reset on a success),
+        # up to retry_max when Apple answers nothing else.
+        ceiling = self._retry_max if strikes > 8 else min(self._retry_max, PAUSE_MAX_BUSY)
+        return full_jitter(strikes, min(self._retry_min, ceiling), ceiling, self._rng.random)
+
     # -- settling ------------------------------------------------------------------------
 
     def _settle(self, row: _Row, fate: Fate) -> None:
+        if row.settled:
+            return
         n = row.notification
         row.settled = True
+        self._agenda.withdraw(row)
         self._forget(row)
         self._store.remove([n.apns_id])
         if fate is Fate.EXPIRED:
@@ -480,7 +630,7 @@ class Dispatcher:
                 n.ring_id[:8],
                 f" ({n.rings} rings)" if n.rings > 1 else "",
             )
-        for ring_id in (n.ring_id, *row.rides):
+        for ring_id in (n.ring_id, *(row.rides or ())):
             self._ledger.record(ring_id, fate)
 
     def _forget(self, row: _Row) -> None:
@@ -504,20 +654,19 @@ class Dispatcher:
             in_flight=self._in_flight,
             expired=self.expired_total,
             auth_problem=self.auth_problem,
-            links={env: link.state is LinkState.UP for env, link in self._links.items()},
+            links={env: lane.link.state is LinkState.UP for env, lane in self._lanes.items()},
             collapsed=self.collapsed_total,
             resent=self.resent_total,
         )
 
     async def drain(self, timeout: float) -> None:  # noqa: ASYNC109 - a grace period, not a deadline
-        """Let pushes already on the wire finish (up to ``timeout``), then stop every row."""
+        """Let pushes already on the wire finish (up to ``timeout``), then stop."""
         self._closing = True
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), timeout)
-        tasks = [r.task for r in self._rows.values() if r.task is not None]
+        tasks = list(self._tasks)
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        for link in self._links.values():
-            await link.close()
+        self._agenda.close()
         self._ledger.close()

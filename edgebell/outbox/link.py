@@ -1,38 +1,52 @@
-"""One environment's way to Apple: open, down (one reconnect loop), or probing with one push.
+"""One environment's way to Apple, as a state machine: open, down, or probing; and how much.
 
 A transport failure (connection refused, TLS, GOAWAY, reset, timeout) is a fact
 about the connection, not about a notification, so it is handled here once: the
-link goes down and a single loop reconnects with full-jitter backoff while every
-queued notification waits. A reconnect that works is not yet proof: an APNs that
-accepts connections and answers PINGs may still never answer a request. So the
-link first lets one push through as a probe; any answer from Apple opens the gate
-for everyone, another transport failure puts the link down again, backing off
-further. With no push waiting there is nothing to probe with: the reconnect opens
-the link, and the next push is the test. A fresh ring skips the backoff wait: a
-person at the door is worth one attempt now, and rings are too rare to hammer
-anything.
+link goes down and asks to reconnect, at once the first time, then with full-jitter
+backoff while every queued notification waits. A reconnect that works is not yet
+proof: an APNs that accepts connections and answers PINGs may still never answer a
+request. So the link first lets one push through as a probe; any answer from Apple
+opens the gate for everyone, another transport failure puts the link down again,
+backing off further. With no push waiting there is nothing to probe with: the
+reconnect opens the link, and the next push is the test. A fresh ring skips the
+backoff wait: a person at the door is worth one attempt now.
+
+How much goes out at once is the link's too, per connection and environment:
+
+- a window of requests in flight. After an abrupt loss (answers in flight died with
+  the socket) the next connection starts with a few streams and widens the window
+  by one per answer (slow start, up to half the window the loss happened at, then
+  by one per window): a front end that drops every few dozen answers costs a few
+  dozen resends per connection, not everything queued each time;
+- a pause after 5xx answers (Apple overloaded): the window halves, at most once per
+  window of requests, and nothing new goes out for a jittered delay that grows only
+  while 5xx answers come without a success in between. While Apple answers at all,
+  pushes keep going within a second or two; when it only answers 5xx, the pauses
+  grow to ``retry_max``.
+
+The link never sleeps, sends or connects itself: the engine (dispatcher) asks it
+what is allowed now, tells it what happened, and keeps its timers.
 """
 
 from __future__ import annotations
 
-import asyncio
-import collections
-import contextlib
 import enum
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 log = logging.getLogger(__name__)
 
+# Requests in flight on one connection at most: ample for a doorbell's fan-out, and it
+# bounds h2's per-request bookkeeping, which walks every open stream.
+MAX_WINDOW = 256
+# Streams a connection starts with after an abrupt loss.
+RESTART_WINDOW = 4
+
 
 class LinkState(enum.Enum):
-    UP = "up"  # pushes go straight out
-    DOWN = "down"  # the reconnect loop runs; pushes wait
+    UP = "up"  # pushes go out, within the window
+    DOWN = "down"  # waiting to reconnect (or connecting); pushes wait
     PROBING = "probing"  # connected again: one push tests that Apple answers
-
-
-Ticket = asyncio.Future[bool]
-"""Permission to send: resolves to True when the holder is the probe."""
 
 
 class Link:
@@ -42,143 +56,160 @@ class Link:
         self,
         name: str,
         *,
-        connect: Callable[[], Awaitable[None]],
-        delay: Callable[[int], float],
+        reconnect_delay: Callable[[int], float],
+        pause_delay: Callable[[int], float],
     ) -> None:
-        """``connect`` opens or health-checks the connection (raising when it cannot);
-        ``delay(n)`` is the wait before reconnect attempt ``n`` (1-based)."""
+        """``reconnect_delay(n)`` is the wait before reconnect attempt ``n`` (1-based);
+        ``pause_delay(n)`` the pause after the ``n``-th 5xx in a row."""
         self.name = name
         self.state = LinkState.UP
         self.last_error: str | None = None
-        self.outages = 0  # times the link went down (status, tests)
-        self._connect = connect
-        self._delay = delay
-        self._failures = 0  # consecutive failed reconnects or probes since the link last worked
+        self.window: float = MAX_WINDOW
+        self.in_flight = 0  # requests of this link's current era (connection) on the wire
+        self.connecting = False
+        self.reconnect_at: float | None = None  # when to try connecting (DOWN only)
+        self.paused_until = 0.0
+        self._reconnect_delay = reconnect_delay
+        self._pause_delay = pause_delay
+        self._threshold: float = MAX_WINDOW  # slow start below it, one per window above
+        self._failures = 0  # consecutive failed reconnects or probes since the link worked
+        self._strikes = 0  # 5xx answers without a success in between
         self._probe_out = False
-        self._queue: collections.deque[Ticket] = collections.deque()
-        self._loop_task: asyncio.Task[None] | None = None
-        self._nudge = asyncio.Event()
+        self._seq = 0  # requests sent; a request's number tells which era it belongs to
+        self._era = 0  # first request number sent since the link last went down
+        self._recover = 0  # 5xx answers to requests numbered below this cut no further
 
-    # -- pushes ask, and say how it went ---------------------------------------------
+    # -- what may go out -----------------------------------------------------------------
 
-    def ticket(self, *, urgent: bool = False) -> Ticket:
-        """Ask to send; ``urgent`` (a fresh ring) queues first and cuts the backoff short."""
-        ticket: Ticket = asyncio.get_running_loop().create_future()
+    def may_send(self, now: float) -> bool:
         if self.state is LinkState.UP:
-            ticket.set_result(False)
-        elif self.state is LinkState.PROBING and not self._probe_out:
+            return self.in_flight < int(self.window) and now >= self.paused_until
+        return self.state is LinkState.PROBING and not self._probe_out
+
+    def sent(self) -> tuple[int, bool]:
+        """A request goes out now: its number and whether it is the probe."""
+        self._seq += 1
+        self.in_flight += 1
+        probe = self.state is LinkState.PROBING
+        if probe:
             self._probe_out = True
-            ticket.set_result(True)
-        else:
-            if urgent:
-                self._queue.appendleft(ticket)
-                self._nudge.set()
-            else:
-                self._queue.append(ticket)
-        return ticket
+        return self._seq, probe
 
-    def give_back(self, ticket: Ticket) -> None:
-        """The holder will not send after all (woken, expired, cancelled): pass the probe on."""
-        if not ticket.done():
-            ticket.cancel()  # skipped when its turn comes
-        elif not ticket.cancelled() and ticket.result():
-            self._probe_out = False
-            self._next_probe()
+    # -- what happened ---------------------------------------------------------------------
 
-    def answered(self, *, probe: bool) -> None:
-        """Apple answered a push (any status): requests get through."""
+    def answered(self, seq: int, *, probe: bool, overloaded: bool, now: float) -> None:
+        """Apple answered request ``seq``; ``overloaded``: with a 5xx (or its JWT limits)."""
+        self._landed(seq)
         if probe:
             self._probe_out = False
+        if seq < self._era and not probe:
+            return  # sent on a connection already given up: says nothing about this one
         if self.state is not LinkState.UP:
             self._set_up()
         self._failures = 0
+        if overloaded:
+            self._strikes += 1
+            if seq >= self._recover:
+                self.window = max(1.0, self.window / 2)
+                self._threshold = self.window
+                self._recover = self._seq + 1
+            self.paused_until = max(self.paused_until, now + self._pause_delay(self._strikes))
+            return
+        self._strikes = 0
+        if self.window < self._threshold:
+            self.window += 1  # slow start: doubles per round trip
+        else:
+            self.window += 1 / self.window
+        self.window = min(self.window, MAX_WINDOW)
 
-    def inconclusive(self, *, probe: bool) -> None:
-        """The push never reached Apple for a local reason: it proves nothing either way."""
-        if probe:
-            self._probe_out = False
-            self._next_probe()
-
-    def failed(self, detail: str, *, probe: bool) -> None:
-        """A push got no answer from Apple (transport failure)."""
+    def unanswered(
+        self, seq: int, *, probe: bool, processed: bool, now: float, detail: str
+    ) -> None:
+        """Request ``seq`` got no answer (transport failure); ``processed``: Apple may have
+        acted on it (it died in flight) rather than certainly not (GOAWAY, refused)."""
+        self._landed(seq)
         self.last_error = detail
         if probe:
             self._probe_out = False
             self._failures += 1
-        elif self.state is not LinkState.UP:
-            # A straggler sent before the link went down says nothing about the new connection.
-            return
+        elif seq < self._era or self.state is not LinkState.UP:
+            return  # a straggler of a connection already given up
+        if processed:
+            # Answers died with the connection: it took more than it could carry.
+            self._threshold = max(float(RESTART_WINDOW), self.window / 2)
+            self.window = float(RESTART_WINDOW)
+        self._down(now, detail)
+
+    def local_failure(self, seq: int, *, probe: bool) -> None:
+        """The push never reached Apple for a local reason: it proves nothing either way."""
+        self._landed(seq)
+        if probe:
+            self._probe_out = False
+
+    def lost(self, now: float, detail: str) -> None:
+        """The connection went away outside a push (GOAWAY when idle, failed health PING)."""
         if self.state is LinkState.UP:
-            self.outages += 1
+            self._down(now, detail)
+
+    def connect_failed(self, now: float, detail: str) -> None:
+        """A connect attempt failed (also the warm-up at start)."""
+        self.connecting = False
+        self.last_error = detail
+        if self.state is LinkState.UP:
+            self._down(now, detail)
+            return
+        self._failures += 1
+        self.state = LinkState.DOWN
+        self.reconnect_at = now + self._reconnect_delay(self._failures)
+
+    def connected(self, *, waiting: bool) -> None:
+        """A connect attempt worked; ``waiting``: pushes wait to go (one probes first)."""
+        self.connecting = False
+        if self.state is not LinkState.DOWN:
+            return  # an answer opened the link meanwhile
+        self.reconnect_at = None
+        if not waiting:
+            log.info("APNs %s connected again; no push waits", self.name)
+            self._set_up(quiet=True)
+            return
+        log.info("APNs %s connected again: probing with one push", self.name)
+        self.state = LinkState.PROBING
+        self._probe_out = False
+
+    def hurry(self, now: float) -> None:
+        """A fresh ring waits: the next reconnect attempt goes now, not after the backoff."""
+        if self.state is LinkState.DOWN and not self.connecting:
+            self.reconnect_at = now
+
+    def due_to_connect(self, now: float) -> bool:
+        return (
+            self.state is LinkState.DOWN
+            and not self.connecting
+            and self.reconnect_at is not None
+            and self.reconnect_at <= now
+        )
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _landed(self, seq: int) -> None:
+        if seq >= self._era:  # earlier ones were written off when the link went down
+            self.in_flight -= 1
+
+    def _down(self, now: float, detail: str) -> None:
+        if self.state is LinkState.UP:
             log.warning("APNs %s unreachable (%s): pushes wait and retry", self.name, detail)
         self.state = LinkState.DOWN
-        if self._loop_task is None or self._loop_task.done():
-            self._loop_task = asyncio.create_task(self._reconnect(), name=f"link-{self.name}")
-
-    def connect_failed(self, detail: str) -> None:
-        """Connecting failed outside a push (the warm-up at start)."""
-        self.failed(detail, probe=False)
-
-    # -- the reconnect loop --------------------------------------------------------------
-
-    async def _reconnect(self) -> None:
-        while True:
-            if self._failures > 0 and not self._nudge.is_set():
-                # The first attempt after a working link goes at once (a GOAWAY is routine);
-                # later ones back off, unless a fresh ring waits (the nudge stays set for it).
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._nudge.wait(), self._delay(self._failures))
-            self._nudge.clear()
-            try:
-                await self._connect()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                self._failures += 1
-                self.last_error = str(exc)
-                log.debug("APNs %s still unreachable: %s", self.name, exc)
-                continue
-            if self.state is not LinkState.DOWN:
-                return  # an answer from Apple opened the link meanwhile
-            if all(ticket.done() for ticket in self._queue):
-                log.info("APNs %s connected again; no push waits", self.name)
-                self._set_up(quiet=True)
-                return
-            log.info("APNs %s connected again: probing with one push", self.name)
-            self.state = LinkState.PROBING
-            self._next_probe()
-            return
-
-    def _next_probe(self) -> None:
-        if self.state is not LinkState.PROBING or self._probe_out:
-            return
-        while self._queue:
-            ticket = self._queue.popleft()
-            if not ticket.done():
-                self._probe_out = True
-                ticket.set_result(True)
-                return
-        # Nobody waits: the next push to ask becomes the probe.
+        self._era = self._seq + 1
+        self.in_flight = 0
+        if not self.connecting:
+            # The first attempt after a working link goes at once (a GOAWAY is routine).
+            delay = self._reconnect_delay(self._failures) if self._failures else 0.0
+            self.reconnect_at = now + delay
 
     def _set_up(self, *, quiet: bool = False) -> None:
         was = self.state
         self.state = LinkState.UP
         self._probe_out = False
-        task, self._loop_task = self._loop_task, None
-        if task is not None and not task.done() and task is not asyncio.current_task():
-            task.cancel()
+        self.reconnect_at = None
         if was is not LinkState.UP and not quiet:
             log.info("APNs %s answers again: sending what waited", self.name)
-        queue, self._queue = self._queue, collections.deque()
-        for ticket in queue:
-            if not ticket.done():
-                ticket.set_result(False)
-
-    async def close(self) -> None:
-        task, self._loop_task = self._loop_task, None
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-        for ticket in self._queue:
-            ticket.cancel()
-        self._queue.clear()
