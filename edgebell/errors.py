@@ -9,7 +9,12 @@
     ├── StoreError                the durable outbox (SQLite) failed
     ├── CloudError                MQTT sync: a refused token list, a bad message
     ├── HomeAssistantError        the home broker's link (Home Assistant): TLS files
-    └── ControlError              the control socket: daemon not running, bad request
+    ├── ControlError              the control socket: daemon not running, bad request
+    └── RegistryError             the cloud's token registry refused a call (``status``: HTTP)
+        ├── BadRequest            400: malformed input
+        ├── Unauthorised          401: no or a wrong bearer token
+        ├── NotFound              404: unknown user, gateway, phone or share
+        └── Conflict              409: valid, but not possible in the registry's present state
 
 An APNs *rejection* (400, 410, 429 ...) is not an exception: it is a
 ``PushResult`` that the outbox acts on. Third-party exceptions are translated once,
@@ -83,3 +88,33 @@ class ControlError(EdgebellError):
 
 class NotRunningError(ControlError):
     """No daemon listens on the control socket (as opposed to one that does not answer)."""
+
+
+class RegistryError(EdgebellError):
+    """The token registry refused a call; ``status`` is the HTTP status its API answers."""
+
+    status = 400
+
+
+class BadRequest(RegistryError):
+    """Malformed input: a token that is not hex, an unknown env, a body that is not JSON."""
+
+    status = 400
+
+
+class Unauthorised(RegistryError):
+    """No bearer token, or one the registry does not know."""
+
+    status = 401
+
+
+class NotFound(RegistryError):
+    """An unknown user, gateway, phone or share (or one the caller may not see)."""
+
+    status = 404
+
+
+class Conflict(RegistryError):
+    """Valid input the registry's present state refuses (sharing with the owner, a full list)."""
+
+    status = 409

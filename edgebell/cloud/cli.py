@@ -18,7 +18,7 @@ def add_parser(sub: Any) -> None:
     """Add ``cloud`` and its tools to the ``edgebell`` subcommands (``sub``)."""
     cloud = sub.add_parser(
         "cloud",
-        help="cloud-side tools: token-list keys, signed token lists, fleet APNs JWTs",
+        help="the cloud side: token registry (serve, registry) and tools (keys, lists, JWTs)",
         description="Tools for the cloud backend (and for testing): see docs/mqtt.md.",
     )
     tools = cloud.add_subparsers(dest="tool", required=True, metavar="TOOL")
@@ -52,10 +52,18 @@ def add_parser(sub: Any) -> None:
         help='print the retained fleet/apns-jwt message {"jwt", "iat"}, not the bare JWT',
     )
 
+    from edgebell.registry.cli import add_parsers as add_registry_parsers
+
+    add_registry_parsers(tools)
+
 
 def run(args: argparse.Namespace, out: TextIO, err: TextIO | None = None) -> int:
     """Run the tool ``args`` name; EdgebellError becomes a message and exit code 1."""
     err = err or sys.stderr
+    if args.tool in ("serve", "registry"):  # the token registry: its own config and exit codes
+        from edgebell.registry.cli import run as run_registry
+
+        return run_registry(args, out, err)
     try:
         return _run(args, out, err)
     except EdgebellError as exc:

@@ -1,0 +1,144 @@
+"""The HTTP JSON API (docs/cloud.md): routes to registry operations, errors as ``{"error"}``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from edgebell.errors import BadRequest, NotFound, RegistryError
+from edgebell.privacy import redact
+from edgebell.registry import model
+from edgebell.registry.auth import Authenticator, AuthRequest, Principal
+from edgebell.registry.http import Request, Response
+from edgebell.registry.service import RegistryService
+
+log = logging.getLogger(__name__)
+
+Action = Callable[[RegistryService, Principal, dict[str, str], Any], Awaitable[Any]]
+_SEGMENT = "([^/]+)"
+
+
+async def _put_gateway(s: RegistryService, p: Principal, a: dict[str, str], body: Any) -> Any:
+    fields = model.body_fields(body, ("owner",))
+    if "owner" not in fields:
+        raise BadRequest('the body must name the owner: {"owner": user}')
+    return await s.change(s.ops.put_gateway, p.user, a["gw"], fields["owner"])
+
+
+async def _get_gateway(s: RegistryService, p: Principal, a: dict[str, str], body: Any) -> Any:
+    return await s.call(s.ops.gateway_view, p.user, a["gw"])
+
+
+async def _put_user(s: RegistryService, p: Principal, a: dict[str, str], body: Any) -> Any:
+    model.body_fields(body, ())
+    return await s.change(s.ops.put_user, p.user, a["user"])
+
+
+async def _get_user(s: RegistryService, p: Principal, a: dict[str, str], body: Any) -> Any:
+    return await s.call(s.ops.user_view, p.user, a["user"])
+
+
+async def _put_phone(s: RegistryService, p: Principal, a: dict[str, str], body: Any) -> Any:
+    fields = model.body_fields(body, ("env", "registered_at"))
+    if "env" not in fields:
+        raise BadRequest('the body must give env: {"env": "production" | "sandbox"}')
+    return await s.change(
+        s.ops.register_phone,
+        p.user,
+        a["user"],
+        a["token"],
+        fields["env"],
+        fields.get("registered_at"),
+    )
+
+
+async def _delete_phone(s: RegistryService, p: Principal, a: dict[str, str], body: Any) -> Any:
+    return await s.change(s.ops.unregister_phone, p.user, a["user"], a["token"])
+
+
+async def _put_share(s: RegistryService, p: Principal, a: dict[str, str], body: Any) -> Any:
+    fields = model.body_fields(body, ("buttons",))
+    return await s.change(s.ops.share, p.user, a["gw"], a["user"], fields.get("buttons"))
+
+
+async def _delete_share(s: RegistryService, p: Principal, a: dict[str, str], body: Any) -> Any:
+    return await s.change(s.ops.unshare, p.user, a["gw"], a["user"])
+
+
+async def _events(s: RegistryService, p: Principal, a: dict[str, str], body: Any) -> Any:
+    return await s.call(s.ops.events, p.user, a["gw"])
+
+
+async def _removed(s: RegistryService, p: Principal, a: dict[str, str], body: Any) -> Any:
+    return await s.call(s.ops.removed, p.user)
+
+
+async def _status(s: RegistryService, p: Principal, a: dict[str, str], body: Any) -> Any:
+    if p.user is not None:
+        raise NotFound("no such call for a user")
+    return s.status()
+
+
+def _route(method: str, pattern: str, action: Action) -> tuple[str, re.Pattern[str], Action]:
+    regex = re.sub(r"\{(\w+)\}", lambda m: f"(?P<{m.group(1)}>[^/]+)", pattern)
+    return method, re.compile(regex + "$"), action
+
+
+ROUTES = (
+    _route("PUT", "/v1/gateways/{gw}", _put_gateway),
+    _route("GET", "/v1/gateways/{gw}", _get_gateway),
+    _route("PUT", "/v1/users/{user}", _put_user),
+    _route("GET", "/v1/users/{user}", _get_user),
+    _route("PUT", "/v1/users/{user}/phones/{token}", _put_phone),
+    _route("DELETE", "/v1/users/{user}/phones/{token}", _delete_phone),
+    _route("PUT", "/v1/gateways/{gw}/shares/{user}", _put_share),
+    _route("DELETE", "/v1/gateways/{gw}/shares/{user}", _delete_share),
+    _route("GET", "/v1/gateways/{gw}/events", _events),
+    _route("GET", "/v1/removed", _removed),
+    _route("GET", "/v1/status", _status),
+)
+
+
+class Api:
+    """Authenticates, routes, parses the body, maps RegistryError to its status."""
+
+    def __init__(self, service: RegistryService, auth: Authenticator) -> None:
+        self._service = service
+        self._auth = auth
+
+    async def __call__(self, request: Request) -> Response:
+        path = urlsplit(request.target).path
+        try:
+            principal = await self._auth.authenticate(
+                AuthRequest(request.method, path, request.headers)
+            )
+            action, arguments = _match(request.method, path)
+            body = _json(request.body)
+            result = await action(self._service, principal, arguments, body)
+        except RegistryError as exc:
+            self._service.refuse("api", f"{exc.status}")
+            # A token in the path or body never reaches the log in full.
+            log.info("%s %s: %d %s", request.method, redact(path), exc.status, redact(str(exc)))
+            return Response(exc.status, {"error": str(exc)})
+        return Response(200, result)
+
+
+def _match(method: str, path: str) -> tuple[Action, dict[str, str]]:
+    for route_method, regex, action in ROUTES:
+        found = regex.match(path)
+        if found and route_method == method:
+            return action, {k: unquote(v) for k, v in found.groupdict().items()}
+    raise NotFound(f"no such call: {method} {redact(path)}")
+
+
+def _json(body: bytes) -> Any:
+    if not body.strip():
+        return None
+    try:
+        return json.loads(body)
+    except ValueError:
+        raise BadRequest("the body is not JSON") from None

@@ -1,0 +1,137 @@
+"""The registry's MQTT link: what gateways send in, signed lists and JWTs out, reconnecting forever.
+
+It connects with the cloud's own certificate (the broker's ACL lets that identity
+use every gateway's topics) and subscribes to ``hello``, ``feedback``, ``ring`` and
+``delivery`` of every gateway, as a shared subscription by default, so that with
+several instances each message is handled by one of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import random
+import ssl
+
+import aiomqtt
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+
+from edgebell.backoff import Backoff
+from edgebell.errors import CloudError
+from edgebell.registry.config import MqttConfig
+from edgebell.registry.service import NotConnected, RegistryService
+
+log = logging.getLogger(__name__)
+
+KINDS = ("hello", "feedback", "ring", "delivery")
+
+
+def certificate_cn(path: str) -> str:
+    try:
+        cert = x509.load_pem_x509_certificate(open(path, "rb").read())  # noqa: SIM115
+    except (OSError, ValueError) as exc:
+        raise CloudError(f"cannot read the certificate {path}: {exc}") from exc
+    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    if not names:
+        raise CloudError(f"{path} has no CN: give mqtt.client_id")
+    return str(names[0].value)
+
+
+def subscriptions(prefix: str, group: str) -> list[tuple[str, int]]:
+    share = f"$share/{group}/" if group else ""
+    return [(f"{share}{prefix}/+/{kind}", 1) for kind in KINDS]
+
+
+def split_topic(prefix: str, topic: str) -> tuple[str, str] | None:
+    """``(gateway, kind)`` of ``<prefix>/<gateway>/<kind>``; None for anything else."""
+    if not topic.startswith(prefix + "/"):
+        return None
+    parts = topic[len(prefix) + 1 :].split("/")
+    if len(parts) != 2 or parts[1] not in KINDS or parts[0] == "fleet":
+        return None
+    return parts[0], parts[1]
+
+
+class _Client:
+    """The service's ``Broker``: publishes on the connected aiomqtt client."""
+
+    def __init__(self, client: aiomqtt.Client) -> None:
+        self._client = client
+
+    async def publish(self, topic: str, payload: bytes, *, retain: bool) -> None:
+        try:
+            await self._client.publish(topic, payload, qos=1, retain=retain)
+        except aiomqtt.MqttError as exc:
+            raise NotConnected(str(exc)) from exc
+
+
+class RegistryLink:
+    def __init__(
+        self,
+        config: MqttConfig,
+        service: RegistryService,
+        *,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._config = config
+        self._service = service
+        self._client_id = config.client_id or certificate_cn(str(config.cert_file))
+        self._context = self._tls() if config.tls else None
+        self._backoff = Backoff(
+            config.reconnect_min, config.reconnect_max, (rng or random.Random()).random
+        )
+        self.connected = asyncio.Event()
+
+    def _tls(self) -> ssl.SSLContext:
+        try:
+            context = ssl.create_default_context(cafile=str(self._config.ca_file))
+            context.load_cert_chain(self._config.cert_file, self._config.key_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise CloudError(f"cannot load the MQTT TLS files: {exc}") from exc
+        return context
+
+    async def run(self) -> None:
+        """Forever: connect, subscribe, publish what waited, handle messages; back off."""
+        prefix = self._service.prefix
+        while True:
+            try:
+                async with aiomqtt.Client(
+                    self._config.host,
+                    self._config.port,
+                    identifier=self._client_id,
+                    clean_session=False,
+                    keepalive=max(1, math.ceil(self._config.keepalive)),
+                    timeout=self._config.connect_timeout,
+                    tls_context=self._context,
+                    protocol=aiomqtt.ProtocolVersion.V311,
+                ) as client:
+                    await client.subscribe(subscriptions(prefix, self._config.shared_group))
+                    log.info("connected to %s as %s", self._config.url, self._client_id)
+                    self._backoff.reset()
+                    self._service.connected(_Client(client))
+                    self.connected.set()
+                    # Lists committed while away go out first, then the fleet JWT.
+                    catch_up = asyncio.create_task(self._catch_up())
+                    try:
+                        async for message in client.messages:
+                            where = split_topic(prefix, str(message.topic))
+                            if where is None or not isinstance(message.payload, bytes):
+                                continue
+                            await self._service.on_message(*where, message.payload)
+                    finally:
+                        catch_up.cancel()
+            except aiomqtt.MqttError as exc:
+                log.warning("MQTT: %s", exc)
+            finally:
+                self._service.connected(None)
+                self.connected.clear()
+            await asyncio.sleep(self._backoff.next())
+
+    async def _catch_up(self) -> None:
+        try:
+            await self._service.publish_pending()
+            await self._service.fleet_tick()
+        except CloudError as exc:
+            log.warning("after connecting: %s", exc)
