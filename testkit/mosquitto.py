@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -35,8 +36,15 @@ def mosquitto_binary() -> str | None:
     return str(sbin) if sbin.exists() else None
 
 
-def acl_text(prefix: str = "edgebell", cloud_user: str = CLOUD_USER) -> str:
-    """The ACL of docs/mqtt.md: confinement by certificate CN (``%u``), never by client id."""
+def acl_text(
+    prefix: str = "edgebell", cloud_user: str = CLOUD_USER, more_cloud_users: Sequence[str] = ()
+) -> str:
+    """The ACL of docs/mqtt.md: confinement by certificate CN (``%u``), never by client id.
+
+    ``more_cloud_users``: other cloud identities (registry instances, each with its own
+    certificate, since the CN is also the client id).
+    """
+    more = "".join(f"user {user}\ntopic readwrite {prefix}/#\n" for user in more_cloud_users)
     return (
         "# Each gateway: its own topics, by the CN of its certificate (not its client id).\n"
         f"pattern readwrite {prefix}/%u/#\n"
@@ -46,6 +54,7 @@ def acl_text(prefix: str = "edgebell", cloud_user: str = CLOUD_USER) -> str:
         "# The cloud backend: every gateway's topics.\n"
         f"user {cloud_user}\n"
         f"topic readwrite {prefix}/#\n"
+        f"{more}"
     )
 
 
@@ -73,6 +82,7 @@ class MosquittoBroker:
         prefix: str = "edgebell",
         persistence: bool = True,
         port: int | None = None,
+        more_cloud_users: Sequence[str] = (),
     ) -> None:
         binary = mosquitto_binary()
         if binary is None:
@@ -87,7 +97,7 @@ class MosquittoBroker:
         self.config_file = self.dir / "mosquitto.conf"
         self.acl_file = self.dir / "acl"
         self.log_file = self.dir / "mosquitto.log"
-        self.acl_file.write_text(acl_text(prefix))
+        self.acl_file.write_text(acl_text(prefix, more_cloud_users=more_cloud_users))
         self.config_file.write_text(
             "\n".join(
                 [

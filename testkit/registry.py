@@ -131,9 +131,7 @@ class RegistryProcess:
             time.sleep(0.05)
         raise AssertionError(f"registry status never matched ({last}):\n{self.log_text()}")
 
-    def api(
-        self, method: str, path: str, body: Any = None, *, token: str | None = None
-    ) -> Answer:
+    def api(self, method: str, path: str, body: Any = None, *, token: str | None = None) -> Answer:
         data = None if body is None else json.dumps(body).encode()
         request = urllib.request.Request(self.url + path, data=data, method=method)  # noqa: S310
         bearer = self.token if token is None else token

@@ -9,6 +9,15 @@ from fixtures_apns import apns_standin, apns_standin_thread, pki  # noqa: F401
 from fixtures_home_assistant import ha_gateway_files, home_assistant, home_broker  # noqa: F401
 from fixtures_mqtt import cloud, cloud_gateway_files, mqtt_broker, mqtt_identities, signer  # noqa: F401
 from fixtures_radio import fake_receiver, rflink_receiver  # noqa: F401
+from fixtures_registry import (  # noqa: F401
+    gateway,
+    observer,
+    postgres,
+    registry,
+    registry_broker,
+    registry_gateway_files,
+    registry_identities,
+)
 from fixtures_service import notify_socket  # noqa: F401
 
 from testkit.fake_receiver import FakeReceiver
