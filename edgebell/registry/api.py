@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import re
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -15,8 +14,6 @@ from edgebell.registry import model
 from edgebell.registry.auth import Authenticator, AuthRequest, Principal
 from edgebell.registry.http import Request, Response
 from edgebell.registry.service import RegistryService
-
-log = logging.getLogger(__name__)
 
 Action = Callable[[RegistryService, Principal, dict[str, str], Any], Awaitable[Any]]
 _SEGMENT = "([^/]+)"
@@ -120,9 +117,10 @@ class Api:
             body = _json(request.body)
             result = await action(self._service, principal, arguments, body)
         except RegistryError as exc:
-            self._service.refuse("api", f"{exc.status}")
             # A token in the path or body never reaches the log in full.
-            log.info("%s %s: %d %s", request.method, redact(path), exc.status, redact(str(exc)))
+            self._service.refuse(
+                "api", str(exc.status), about=f"{request.method} {redact(path)}: {redact(str(exc))}"
+            )
             return Response(exc.status, {"error": str(exc)})
         return Response(200, result)
 

@@ -49,10 +49,18 @@ class Response:
 Handler = Callable[[Request], Awaitable[Response]]
 
 
-async def start_http(handler: Handler, host: str, port: int) -> asyncio.Server:
+async def start_http(
+    handler: Handler,
+    host: str,
+    port: int,
+    *,
+    on_refusal: Callable[[Response], None] = lambda _: None,
+) -> asyncio.Server:
+    """Serve ``handler``; ``on_refusal`` hears of requests refused before reaching it."""
+
     async def connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            await _serve(handler, reader, writer)
+            await _serve(handler, reader, writer, on_refusal)
         except (OSError, TimeoutError, h11.ProtocolError):
             pass
         finally:
@@ -64,7 +72,10 @@ async def start_http(handler: Handler, host: str, port: int) -> asyncio.Server:
 
 
 async def _serve(
-    handler: Handler, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    handler: Handler,
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    on_refusal: Callable[[Response], None],
 ) -> None:
     conn = h11.Connection(h11.SERVER)
     while True:
@@ -73,6 +84,7 @@ async def _serve(
             return
         if isinstance(request, Response):
             response = request
+            on_refusal(response)
         else:
             try:
                 response = await handler(request)

@@ -36,7 +36,12 @@ async def serve(config: RegistryConfig) -> int:
         log.warning("no http.api_tokens_file or auth_hook: the API refuses every call")
     if link is None:
         log.warning("no mqtt section: lists are kept but not published")
-    server = await start_http(Api(service, auth), config.http.host, config.http.port)
+    server = await start_http(
+        Api(service, auth),
+        config.http.host,
+        config.http.port,
+        on_refusal=lambda r: service.refuse("api", str(r.status), about=str(r.document)),
+    )
     log.info("registry on %s: API on http://%s:%d", ops.db.url, config.http.host, config.http.port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -145,11 +145,13 @@ class RegistryService:
                     gateway, "delivery", self.ops.record_delivery, inbound.parse_delivery(payload)
                 )
         except inbound.BadMessage as exc:
-            self.refuse(kind, str(exc), gateway)
+            self.refuse(kind, str(exc).removeprefix(f"{kind}: "), gateway)
 
-    def refuse(self, source: str, reason: str, gateway: str = "") -> None:
+    def refuse(self, source: str, reason: str, gateway: str = "", about: str = "") -> None:
+        """Count a refusal by its reason (``about`` only goes to the log)."""
         self.refused[f"{source}: {reason}"] += 1
-        log.warning("refused %s%s: %s", source, f" from {gateway}" if gateway else "", reason)
+        sender = f" from {gateway}" if gateway else ""
+        log.warning("refused %s%s: %s%s", source, sender, reason, f" ({about})" if about else "")
 
     async def on_hello(self, gateway: str, hello: inbound.HelloReport) -> None:
         self.counters["hellos"] += 1
@@ -169,7 +171,7 @@ class RegistryService:
     async def on_feedback(self, gateway: str, report: inbound.FeedbackReport) -> None:
         outcome = await self.call(self.ops.apply_feedback, gateway, report)
         if outcome.refusal is not None:
-            self.refuse("feedback", f"{outcome.refusal} ({short_token(report.token)})", gateway)
+            self.refuse("feedback", outcome.refusal, gateway, short_token(report.token))
             return
         self.counters["tokens removed by feedback"] += 1
         log.info("%s (reported by %s)", outcome.change.detail, gateway)
