@@ -1,7 +1,7 @@
 """What gateways send the registry (``P/feedback``, ``P/ring``, ``P/delivery``), parsed (pure).
 
-``P/hello`` is parsed by ``edgebell.cloud.messages``'s ``parse_hello`` once it
-exists there; until then by ``parse_hello`` here, to the same contract.
+``P/hello`` is read by ``edgebell.cloud.messages.parse_hello``, the gateway's own
+module, so both sides share one reading of the handshake.
 """
 
 from __future__ import annotations
@@ -71,13 +71,6 @@ class DeliveryCounts:
         }
 
 
-@dataclass(frozen=True, slots=True)
-class HelloReport:
-    version: str
-    tokens_ver: int | None
-    jwt_iat: int | None
-
-
 def parse_feedback(data: bytes) -> FeedbackReport:
     doc = _object(data, "feedback")
     token = doc.get("token")
@@ -124,18 +117,6 @@ def parse_delivery(data: bytes) -> DeliveryCounts:
         expired=_count(doc, "expired", "delivery"),
         removed=_optional_count(doc, "removed", "delivery") or 0,
         final=final is not False,
-    )
-
-
-def parse_hello(data: bytes) -> HelloReport:
-    doc = _object(data, "hello")
-    version = doc.get("version")
-    if not isinstance(version, str) or not 0 < len(version) <= _MAX_TEXT:
-        raise BadMessage("hello: version must be a short string")
-    return HelloReport(
-        version,
-        _optional_count(doc, "tokens_ver", "hello"),
-        _optional_count(doc, "jwt_iat", "hello"),
     )
 
 

@@ -19,13 +19,14 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 
 from edgebell.backoff import Backoff
+from edgebell.cloud import topics
 from edgebell.errors import CloudError
 from edgebell.registry.config import MqttConfig
 from edgebell.registry.service import NotConnected, RegistryService
 
 log = logging.getLogger(__name__)
 
-KINDS = ("hello", "feedback", "ring", "delivery")
+KINDS = (topics.HELLO, topics.FEEDBACK, topics.RING, topics.DELIVERY)
 
 
 def certificate_cn(path: str) -> str:
@@ -46,12 +47,11 @@ def subscriptions(prefix: str, group: str) -> list[tuple[str, int]]:
 
 def split_topic(prefix: str, topic: str) -> tuple[str, str] | None:
     """``(gateway, kind)`` of ``<prefix>/<gateway>/<kind>``; None for anything else."""
-    if not topic.startswith(prefix + "/"):
-        return None
-    parts = topic[len(prefix) + 1 :].split("/")
-    if len(parts) != 2 or parts[1] not in KINDS or parts[0] == "fleet":
-        return None
-    return parts[0], parts[1]
+    for kind in KINDS:
+        gateway = topics.gateway_of(topic, prefix, kind)
+        if gateway is not None and gateway != "fleet":
+            return gateway, kind
+    return None
 
 
 class _Client:

@@ -10,15 +10,15 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
-import json
 import logging
 import time
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
 from edgebell import __version__
-from edgebell.cloud import tools
-from edgebell.errors import EdgebellError
+from edgebell.cloud import tools, topics
+from edgebell.cloud.messages import Hello, ProviderToken, parse_hello, provider_token_message
+from edgebell.errors import CloudError, EdgebellError
 from edgebell.privacy import short_token
 from edgebell.registry import inbound
 from edgebell.registry.config import FleetApnsConfig
@@ -63,6 +63,12 @@ class RegistryService:
         self.refused: collections.Counter[str] = collections.Counter()
         self._fleet_sent_iat: int | None = None
         self.started_at = clock()
+        self._parsers: dict[str, Callable[[bytes], object]] = {
+            topics.HELLO: parse_hello,
+            topics.FEEDBACK: inbound.parse_feedback,
+            topics.RING: inbound.parse_ring,
+            topics.DELIVERY: inbound.parse_delivery,
+        }
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a blocking operation on the registry's worker thread."""
@@ -132,20 +138,18 @@ class RegistryService:
 
     async def on_message(self, gateway: str, kind: str, payload: bytes) -> None:
         try:
-            if kind == "hello":
-                await self.on_hello(gateway, inbound.parse_hello(payload))
-            elif kind == "feedback":
-                await self.on_feedback(gateway, inbound.parse_feedback(payload))
-            elif kind == "ring":
-                await self._event(
-                    gateway, "ring", self.ops.record_ring, inbound.parse_ring(payload)
-                )
-            elif kind == "delivery":
-                await self._event(
-                    gateway, "delivery", self.ops.record_delivery, inbound.parse_delivery(payload)
-                )
-        except inbound.BadMessage as exc:
+            parsed = self._parsers[kind](payload)
+        except CloudError as exc:  # the contract broken: counted, nothing else happens
             self.refuse(kind, str(exc).removeprefix(f"{kind}: "), gateway)
+            return
+        if isinstance(parsed, Hello):
+            await self.on_hello(gateway, parsed)
+        elif isinstance(parsed, inbound.FeedbackReport):
+            await self.on_feedback(gateway, parsed)
+        elif isinstance(parsed, inbound.RingReport):
+            await self._event(gateway, "ring", self.ops.record_ring, parsed)
+        elif isinstance(parsed, inbound.DeliveryCounts):
+            await self._event(gateway, "delivery", self.ops.record_delivery, parsed)
 
     def refuse(self, source: str, reason: str, gateway: str = "", about: str = "") -> None:
         """Count a refusal by its reason (``about`` only goes to the log)."""
@@ -153,19 +157,23 @@ class RegistryService:
         sender = f" from {gateway}" if gateway else ""
         log.warning("refused %s%s: %s%s", source, sender, reason, f" ({about})" if about else "")
 
-    async def on_hello(self, gateway: str, hello: inbound.HelloReport) -> None:
+    async def on_hello(self, gateway: str, hello: Hello) -> None:
+        """The contract's answer: the current list when the gateway's ``ver`` is another one,
+        and in delegated mode the fleet JWT when it holds another."""
         self.counters["hellos"] += 1
         current = await self.call(self.ops.current, gateway)
         if current is None:
             self.refuse("hello", "unknown gateway", gateway)
             return
-        if current.ver != hello.tokens_ver:
+        if hello.wants_list(current.ver):
             await self.publish(gateway, unless_ver=hello.tokens_ver, force=True)
         if self.apns is not None and self.broker is not None:
             token, iat = await self.fleet_jwt()
             if hello.jwt_iat != iat:
                 await self.broker.publish(
-                    f"{self.prefix}/{gateway}/apns-jwt", _jwt_message(token, iat), retain=False
+                    f"{self.prefix}/{gateway}/{topics.APNS_JWT}",
+                    provider_token_message(ProviderToken(token, iat)),
+                    retain=False,
                 )
 
     async def on_feedback(self, gateway: str, report: inbound.FeedbackReport) -> None:
@@ -210,7 +218,9 @@ class RegistryService:
         token, iat = await self.fleet_jwt()
         if iat != self._fleet_sent_iat:
             await self.broker.publish(
-                f"{self.prefix}/fleet/apns-jwt", _jwt_message(token, iat), retain=True
+                f"{self.prefix}/fleet/apns-jwt",
+                provider_token_message(ProviderToken(token, iat)),
+                retain=True,
             )
             self._fleet_sent_iat = iat
 
@@ -254,7 +264,3 @@ class RegistryService:
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)
-
-
-def _jwt_message(token: str, iat: int) -> bytes:
-    return json.dumps({"jwt": token, "iat": iat}, separators=(",", ":")).encode()
