@@ -160,7 +160,6 @@ class RegistryService:
     async def on_hello(self, gateway: str, hello: Hello) -> None:
         """The contract's answer: the current list when the gateway's ``ver`` is another one,
         and in delegated mode the fleet JWT when it holds another."""
-        self.counters["hellos"] += 1
         current = await self.call(self.ops.current, gateway)
         if current is None:
             self.refuse("hello", "unknown gateway", gateway)
@@ -175,6 +174,7 @@ class RegistryService:
                     provider_token_message(ProviderToken(token, iat)),
                     retain=False,
                 )
+        self.counters["hellos answered"] += 1
 
     async def on_feedback(self, gateway: str, report: inbound.FeedbackReport) -> None:
         outcome = await self.call(self.ops.apply_feedback, gateway, report)
