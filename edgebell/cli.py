@@ -91,6 +91,10 @@ def _dispatch(args: argparse.Namespace, out: TextIO) -> int:
             return _run(config)
         for warning in check_config(config):
             print(f"warning: {warning}", file=out)
+        if config.home_assistant is not None:
+            from edgebell.config.home_assistant import describe
+
+            print(describe(config.home_assistant), file=out)
         print(f"{config.source}: OK", file=out)
         return EXIT_OK
     from edgebell import control

@@ -155,8 +155,8 @@ def test_apns_state(connected: bool, auth: str | None, state: str) -> None:
     assert discovery.apns_state(connected=connected, auth_problem=auth) == state
 
 
-def _message(n: int) -> discovery.Message:
-    return discovery.Message(f"t/{n}", b"{}", retain=False)
+def _message(n: int) -> Ring:
+    return Ring(f"r{n}", "front", "Front door", 1_700_000_000.0 + n)
 
 
 def test_queue_hands_out_fresh_rings_in_order_until_acknowledged() -> None:
@@ -164,10 +164,10 @@ def test_queue_hands_out_fresh_rings_in_order_until_acknowledged() -> None:
     for n in range(3):
         queue.put(_message(n), now=100.0 + n)
     batch = queue.head(now=110.0, count=2)
-    assert [p.message.topic for p in batch] == ["t/0", "t/1"]
+    assert [p.ring.ring_id for p in batch] == ["r0", "r1"]
     assert queue.head(now=110.0, count=2) == batch  # not acknowledged: offered again
     queue.done(batch)
-    assert [p.message.topic for p in queue.head(now=110.0, count=5)] == ["t/2"]
+    assert [p.ring.ring_id for p in queue.head(now=110.0, count=5)] == ["r2"]
 
 
 def test_queue_drops_stale_rings_and_counts_them() -> None:
@@ -175,7 +175,7 @@ def test_queue_drops_stale_rings_and_counts_them() -> None:
     queue.put(_message(0), now=0.0)
     queue.put(_message(1), now=30.0)
     queue.put(_message(2), now=95.0)
-    assert [p.message.topic for p in queue.head(now=100.0, count=10)] == ["t/2"]
+    assert [p.ring.ring_id for p in queue.head(now=100.0, count=10)] == ["r2"]
     assert queue.dropped_stale == 2
     assert len(queue) == 1
 
@@ -184,5 +184,5 @@ def test_queue_is_bounded() -> None:
     queue = EventQueue(max_age=60.0, limit=2)
     for n in range(3):
         queue.put(_message(n), now=0.0)
-    assert [p.message.topic for p in queue.head(now=0.0, count=5)] == ["t/1", "t/2"]
+    assert [p.ring.ring_id for p in queue.head(now=0.0, count=5)] == ["r1", "r2"]
     assert queue.dropped_full == 1

@@ -135,3 +135,16 @@ def _topic(loader: _Loader, node: yaml.Node | None, name: str, default: str) -> 
             node, key, "must be MQTT topic levels without wildcards (+, #) or empty levels"
         )
     return text
+
+
+def describe(section: HomeAssistantConfig) -> str:
+    """One line for ``check-config``: where the doorbell goes and how it is announced."""
+    who = f" as {section.username}" if section.username else ""
+    if section.cert_file is not None:
+        who += " with a client certificate"
+    return (
+        f"home_assistant: {section.url}{who}; discovery "
+        f"{section.discovery_prefix}/<component>/{section.node_id}/..., events on "
+        f"{section.base_topic}/<button>/event, rings older than "
+        f"{section.max_event_age:g} s not sent after an outage"
+    )

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
-from edgebell.homeassistant.discovery import Message
+from edgebell.rings import Ring
 
 # A home broker down for a day must not grow memory without end: rings beyond this go.
 QUEUE_LIMIT = 1000
@@ -18,14 +18,14 @@ QUEUE_LIMIT = 1000
 
 @dataclass(frozen=True, slots=True)
 class Pending:
-    """One event and when it was queued (monotonic seconds: a clock step cannot age it)."""
+    """One ring and when it was queued (monotonic seconds: a clock step cannot age it)."""
 
-    message: Message
+    ring: Ring
     queued_at: float
 
 
 class EventQueue:
-    """Events in ring order; ``head`` hands out fresh ones, ``done`` retires acknowledged ones."""
+    """Rings in order; ``head`` hands out fresh ones, ``done`` retires acknowledged ones."""
 
     def __init__(self, max_age: float, limit: int = QUEUE_LIMIT) -> None:
         self.max_age = max_age
@@ -37,11 +37,11 @@ class EventQueue:
     def __len__(self) -> int:
         return len(self._items)
 
-    def put(self, message: Message, now: float) -> None:
+    def put(self, ring: Ring, now: float) -> None:
         if len(self._items) >= self._limit:
             self._items.popleft()
             self.dropped_full += 1
-        self._items.append(Pending(message, now))
+        self._items.append(Pending(ring, now))
 
     def head(self, now: float, count: int) -> list[Pending]:
         """Up to ``count`` of the oldest events still fresh at ``now``; stale ones go first."""

@@ -168,7 +168,7 @@ class HomeAssistantLink:
         self._rng = rng or random.Random()
         self._state_every = state_every
         self._queue = EventQueue(config.max_event_age)
-        self._announced = load_announced(self._state_file)
+        self._announced: set[str] = set()  # read at start(): a link it replaces may write it
         self._announce_due = True
         self._last_state: GatewayState | None = None
         self._wake = asyncio.Event()
@@ -184,6 +184,7 @@ class HomeAssistantLink:
     # -- start and stop -----------------------------------------------------------------
 
     def start(self) -> None:
+        self._announced = load_announced(self._state_file)
         self._task = asyncio.create_task(self._run(), name="home-assistant")
 
     async def stop(self, timeout: float) -> None:  # noqa: ASYNC109 - a grace period
@@ -202,8 +203,8 @@ class HomeAssistantLink:
     # -- from the daemon ------------------------------------------------------------------
 
     def ring(self, ring: Ring) -> None:
-        """Queue the ring's event; the ring path pays for one append, never for the network."""
-        self._queue.put(discovery.event_message(self.layout, ring), self._clock())
+        """Queue the ring; the ring path pays for one append, the link's task for the rest."""
+        self._queue.put(ring, self._clock())
         self._idle.clear()
         self._wake.set()
 
@@ -296,7 +297,6 @@ class HomeAssistantLink:
 
     async def _session(self, client: MqttClient) -> None:
         await client.subscribe(self.layout.birth, qos=1)
-        await self._send(client, discovery.availability(self.layout, online=True))
         await self._announce(client)
         self.connected_since = self._clock()
         self.connects += 1
@@ -324,6 +324,8 @@ class HomeAssistantLink:
             self.layout, gateway_id=self._gateway_id, version=self._version, buttons=self._buttons
         )
         messages = discovery.announcement(current, self._announced)
+        # "online" first, as zigbee2mqtt does on a birth: the entities come up available.
+        await self._send(client, discovery.availability(self.layout, online=True))
         await asyncio.gather(*(self._send(client, m) for m in messages))
         removed = len(messages) - len(current)
         if removed:
@@ -341,7 +343,12 @@ class HomeAssistantLink:
             self._wake.clear()
             batch = self._queue.head(self._clock(), PUBLISH_WINDOW)
             if batch:
-                await asyncio.gather(*(self._send(client, item.message) for item in batch))
+                await asyncio.gather(
+                    *(
+                        self._send(client, discovery.event_message(self.layout, item.ring))
+                        for item in batch
+                    )
+                )
                 self._queue.done(batch)
                 self.published += len(batch)
                 continue
