@@ -33,12 +33,17 @@ class Tally:
     lost: int
     unexpected: int = 0  # pushes nobody should have had (dead or expired ones)
     figures: Mapping[str, Any] = field(default_factory=dict)
+    # Seconds from the last press to the first delivery of the last push any phone
+    # needed (None: no press was timed).
+    last_phone_s: float | None = None
 
     def line(self) -> str:
         extra = "".join(f", {k} {v}" for k, v in self.figures.items())
+        last = "" if self.last_phone_s is None else f", last phone {self.last_phone_s:.1f} s"
         return (
             f"{self.fault}: expected {self.expected}, delivered {self.delivered}, "
-            f"duplicated {self.duplicated}, lost {self.lost}, unexpected {self.unexpected}{extra}"
+            f"duplicated {self.duplicated}, lost {self.lost}, unexpected {self.unexpected}"
+            f"{last}{extra}"
         )
 
 
@@ -54,8 +59,13 @@ def tally(
     expected: Mapping[str, int],
     *,
     figures: Mapping[str, Any] | None = None,
+    pressed_ns: int | None = None,
 ) -> Tally:
-    """Compare the stand-in's delivered pushes with ``expected`` (token -> rings it should hear)."""
+    """Compare the stand-in's delivered pushes with ``expected`` (token -> rings it should hear).
+
+    ``pressed_ns`` (``time.monotonic_ns()`` of the last press, the stand-in's clock in the
+    same process) gives ``last_phone_s``: when the last phone was reached after it, each
+    push counted at its first delivery (a duplicate does not make a phone later)."""
     per_collapse: dict[tuple[str, str], list[ReceivedPush]] = defaultdict(list)
     unexpected = 0
     for push in pushes:
@@ -71,6 +81,10 @@ def tally(
         covered[token] += max(rings_of(p) for p in copies)
         duplicated += len(copies) - 1
     lost = sum(max(0, want - covered[token]) for token, want in expected.items())
+    last_phone_s = None
+    if pressed_ns is not None and per_collapse:
+        reached = max(min(p.received_ns for p in copies) for copies in per_collapse.values())
+        last_phone_s = round(max(0, reached - pressed_ns) / 1e9, 2)
     delivered = sum(min(want, covered[token]) for token, want in expected.items())
     return Tally(
         fault=fault,
@@ -80,6 +94,7 @@ def tally(
         lost=lost,
         unexpected=unexpected,
         figures=dict(figures or {}),
+        last_phone_s=last_phone_s,
     )
 
 

@@ -423,7 +423,7 @@ async def test_connection_dropped_by_the_server_is_replaced(
     tmp_path: Path,
 ) -> None:
     lost: list[tuple[Environment, str]] = []
-    client.on_lost = lambda env, reason: lost.append((env, reason))
+    client.on_lost = lambda env, reason, abrupt: lost.append((env, reason))
     apns_standin.drop_after = 2
     assert (await client.send(push())).outcome is Outcome.DELIVERED
     with caplog.at_level(logging.DEBUG, logger="edgebell"):
@@ -442,7 +442,7 @@ async def test_connection_dropped_by_the_server_is_replaced(
     assert apns_standin.connections == 1
     apns_standin.drop_after = None
     dispatcher = engine(client, tmp_path)
-    dispatcher.connection_lost(SANDBOX, lost[0][1])  # as if wired from the start
+    dispatcher.connection_lost(SANDBOX, lost[0][1], True)  # as if wired from the start
     # Reopened in the background by the engine: the next push finds a warm connection.
     await apns_standin.wait_for(lambda s: s.connections == 2, WAIT)
     await eventually(lambda: client.status().connected["sandbox"])

@@ -334,3 +334,21 @@ async def test_an_absurd_410_timestamp_never_reaches_the_outbox(
     await until(lambda: harness.final(later))
     assert harness.store.flush(5.0)
     assert harness.store.load_pending() == []
+
+
+@pytest.mark.asyncio
+async def test_an_abruptly_closing_front_end_costs_a_few_resends_per_connection(
+    harness: Harness, apns_standin: ApnsStandIn
+) -> None:
+    many = [secrets.token_hex(32) for _ in range(150)]
+    harness.book.replace([AuthorisedToken(t, "sandbox") for t in many], None)
+    apns_standin.set(drop_after=37)  # reset as the 37th request comes in: no GOAWAY
+    ring = harness.ring("front")
+    await until(lambda: harness.final(ring), within=30)
+    report = harness.final(ring)
+    assert report is not None
+    assert report.delivered == 150
+    assert {p.token for p in apns_standin.received} == set(many)
+    # Slow start after each reset: the requests that die are a window's worth, not every
+    # push still queued.
+    assert apns_standin.requests_received <= 3 * 150

@@ -67,7 +67,8 @@ class ApnsClient:
     shared by all sends of an environment. A 5xx answer retires its connection (Apple's
     advice: the retry goes on a fresh one); when a connection stops taking requests
     (failure, failed health PING, the server's close or GOAWAY, a retirement)
-    ``on_lost(env, reason)`` says so, and the caller decides when to connect again.
+    ``on_lost(env, reason, abrupt)`` says so (``abrupt``: it died, rather than draining
+    after a GOAWAY or a retirement), and the caller decides when to connect again.
     :meth:`send` makes one attempt; a request that never got a stream (its connection
     went away while it queued for a slot) moves to the next connection, once.
     """
@@ -81,7 +82,7 @@ class ApnsClient:
         connect_timeout: float = 10.0,
         request_timeout: float = 10.0,
         ping_interval: float = 60.0,
-        on_lost: Callable[[Environment, str], None] | None = None,
+        on_lost: Callable[[Environment, str, bool], None] | None = None,
     ) -> None:
         self._auth = auth
         self._needs_jwt = auth.mode != "certificate"
@@ -293,7 +294,7 @@ class ApnsClient:
             self._last_error = f"{env.value}: {reason}"
             log.warning("APNs %s connection failed: %s", env.value, reason)
         if self._conns.get(env) is conn and self.on_lost is not None and not self._closed:
-            self.on_lost(env, reason)
+            self.on_lost(env, reason, not conn.alive)
 
 
 def _local(request: PushRequest, outcome: Outcome, detail: str) -> PushResult:

@@ -261,11 +261,11 @@ class Dispatcher:
         lane.link.connect_failed(self._clock(), detail)
         self._pump(lane)
 
-    def connection_lost(self, env: Environment, reason: str) -> None:
-        """The client's connection to ``env`` went away (GOAWAY, failed PING, closed):
-        reconnect now, so the next ring finds it warm."""
+    def connection_lost(self, env: Environment, reason: str, abrupt: bool) -> None:
+        """The client's connection to ``env`` went away (GOAWAY, failed PING, reset):
+        reconnect now, so the next ring finds it warm; ``abrupt``: requests on it died."""
         lane = self._lane(env.value)
-        lane.link.lost(self._clock(), reason)
+        lane.link.lost(self._clock(), reason, abrupt=abrupt)
         self._pump(lane)
 
     # -- offline collapse ----------------------------------------------------------------

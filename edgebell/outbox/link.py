@@ -146,10 +146,16 @@ class Link:
         if probe:
             self._probe_out = False
 
-    def lost(self, now: float, detail: str) -> None:
-        """The connection went away outside a push (GOAWAY when idle, failed health PING)."""
-        if self.state is LinkState.UP:
-            self._down(now, detail)
+    def lost(self, now: float, detail: str, *, abrupt: bool) -> None:
+        """The connection went away (the client says so before the requests on it fail);
+        ``abrupt``: it died (reset, failed PING) rather than draining after a GOAWAY."""
+        if self.state is not LinkState.UP:
+            return
+        if abrupt and self.in_flight:
+            # Answers in flight die with it: it took more than it could carry.
+            self._threshold = max(float(RESTART_WINDOW), self.window / 2)
+            self.window = float(RESTART_WINDOW)
+        self._down(now, detail)
 
     def connect_failed(self, now: float, detail: str) -> None:
         """A connect attempt failed (also the warm-up at start)."""
