@@ -23,6 +23,8 @@ at the boundary where they occur, with ``raise ... from exc``.
 
 from __future__ import annotations
 
+from edgebell.privacy import redact
+
 
 class EdgebellError(Exception):
     """Root of every error edgebell raises on purpose."""
@@ -39,10 +41,13 @@ class ConfigError(EdgebellError):
         line: int | None = None,
         key: str | None = None,
     ) -> None:
-        self.message = message
+        # A device token written where a key belongs (`- 8b3c…: sandbox`) is part of the key
+        # path and of the message: shortened here, it stays short in check-config, the log,
+        # status (config.reload_error) and systemd's STATUS= line, which every user can read.
+        self.message = redact(message)
         self.file = file
         self.line = line
-        self.key = key
+        self.key = None if key is None else redact(key)
         super().__init__(str(self))
 
     def __str__(self) -> str:

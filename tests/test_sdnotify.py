@@ -162,3 +162,53 @@ async def test_ready_comes_degraded_when_the_receiver_stays_away(
     finally:
         daemon.request_stop()
         assert await asyncio.wait_for(task, 15) == 0
+
+
+def test_a_token_written_as_a_yaml_key_stays_short_in_every_error_path(
+    started: DaemonProcess,
+    gateway_files: GatewayFiles,
+    rflink_receiver: FakeReceiver,
+    apns_standin_thread: StandInThread,
+    notify_socket: NotifyListener,
+) -> None:
+    # Issue 10: `- 8b3c…c4d5: sandbox` showed the whole token in check-config and run errors,
+    # the status warning, status --json (config.reload_error) and STATUS= (world-readable).
+    import json
+    import subprocess
+    import sys
+
+    import yaml
+
+    token = os.urandom(32).hex()
+    good = gateway_files.config.read_text()
+    data = yaml.safe_load(good)
+    data["tokens"] = [{token: "sandbox"}]
+    bad = yaml.safe_dump(data, sort_keys=False)
+
+    started.start()
+    gateway_files.config.write_text(bad)
+    assert started.proc is not None
+    started.proc.send_signal(signal.SIGHUP)
+    notify_socket.wait_for(
+        lambda ms: any("refused at reload" in m.fields.get("STATUS", "") for m in ms),
+        "STATUS= naming the refused reload",
+    )
+    outputs = [m.fields.get("STATUS", "") for m in notify_socket.messages()]
+    outputs.append(json.dumps(started.status()))
+    for command in (("status",), ("status", "--json"), ("check-config",)):
+        result = started.cli(*command)
+        outputs += [result.stdout, result.stderr]
+    run = subprocess.run(
+        [sys.executable, "-m", "edgebell", "run", "--config", str(gateway_files.config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert run.returncode == 2
+    outputs += [run.stdout, run.stderr, started.log_text()]
+    assert any(f"{token[:8]}…" in text for text in outputs)
+    for text in outputs:
+        assert token not in text
+        assert token[8:24] not in text
+    gateway_files.config.write_text(good)
