@@ -9,12 +9,13 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from edgebell import __version__
 from edgebell.apns.auth import ApnsAuth, CertificateAuth, DelegatedAuth, TokenAuth
 from edgebell.apns.client import ApnsClient
+from edgebell.apns.credentials import CredentialsCheck
 from edgebell.apns.model import Environment
 from edgebell.buttons import Button, ButtonTracker, Verdict
 from edgebell.commands import ControlCommands
@@ -119,6 +120,7 @@ class Daemon:
         self.home_assistant: HomeAssistantLink | None = None
         self._background: set[asyncio.Task[None]] = set()  # fire-and-forget tasks, kept alive
         self._auth: ApnsAuth | None = None
+        self.credentials: CredentialsCheck | None = None
         self.ready = False
 
     # -- lifecycle ------------------------------------------------------------------
@@ -138,6 +140,12 @@ class Daemon:
             connect_timeout=apns.connect_timeout,
             request_timeout=apns.request_timeout,
             ping_interval=apns.ping_interval,
+        )
+        self.credentials = CredentialsCheck(
+            client,
+            apns.topic,
+            enabled=apns.verify_credentials,
+            retry=(apns.retry_min, apns.retry_max),
         )
         self.dispatcher = Dispatcher(
             sender=client,
@@ -210,6 +218,8 @@ class Daemon:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self.credentials is not None:
+            await self.credentials.aclose()
         steps = [control.close()]
         if self.dispatcher is not None:
             steps.append(self.dispatcher.drain(left(CLOSE_RESERVE)))
@@ -242,8 +252,19 @@ class Daemon:
                 log.warning("APNs %s not reachable at start (%s): will retry", env.value, result)
                 assert self.dispatcher is not None
                 self.dispatcher.connect_failed(env, str(result))
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.receiver.wait_connected(), self._ready_grace)
+        assert self.credentials is not None
+        self.credentials.recheck(envs, "start")
+        # READY's STATUS= line then carries Apple's verdict, not "not yet proven".
+        apns = self.config.apns
+        await asyncio.gather(
+            _within(self.receiver.wait_connected(), self._ready_grace),
+            _within(self.credentials.wait_answered(), apns.connect_timeout + apns.request_timeout),
+        )
+
+    def _envs_in_use(self) -> set[Environment]:
+        return {Environment(t.env) for t in self.tokens.active()} or {
+            Environment(self.config.apns.environment)
+        }
 
     def _announce_ready(self) -> None:
         self.ready = True
@@ -330,6 +351,8 @@ class Daemon:
         if self.dispatcher is not None:
             self.dispatcher.purge_inactive()  # queued pushes to tokens no longer listed go
         self._reload_home_assistant()
+        if self.credentials is not None and self.ready:
+            self.credentials.recheck(self._envs_in_use(), "reload")
         set_level(running.log_level)
         self.config_state = ConfigState(str(source), time.time(), None, tuple(pending))
         log.info(
@@ -477,6 +500,8 @@ class Daemon:
         taken = self._auth.set_token(token.jwt, token.iat)
         if taken and self.dispatcher is not None:
             self.dispatcher.wake_all()  # pushes that waited for a JWT go now, not after backoff
+        if taken and self.credentials is not None and self.client is not None:
+            self.credentials.recheck(self._envs_in_use(), "new provider JWT")
         return taken
 
     def ring_button(self, button: str) -> Ring | None:
@@ -496,6 +521,7 @@ class Daemon:
         assert self.dispatcher is not None
         assert self.client is not None
         assert self.receiver is not None
+        assert self.credentials is not None
         return build_status(
             version=__version__,
             started_at=self.started_at,
@@ -504,10 +530,18 @@ class Daemon:
             radio=self.receiver.status(),
             buttons=[(b.id, *self.rings.get(b.id, (None, 0))) for b in self.tracker.buttons],
             tokens=self.tokens,
-            apns=self.client.status(),
+            apns=self.credentials.discount(self.client.status()),
+            credentials=self.credentials.status(),
+            credentials_problem=self.credentials.problem(),
             outbox=self.dispatcher.status(),
             store=self.store.health(),
             cloud=None if self.cloud is None else self.cloud.status(),
             home_assistant=None if self.home_assistant is None else self.home_assistant.status(),
             config=self.config_state,
         )
+
+
+async def _within(awaitable: Awaitable[None], seconds: float) -> None:
+    """Wait for ``awaitable`` at most ``seconds``; start-up goes on either way."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(awaitable, seconds)

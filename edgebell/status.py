@@ -50,7 +50,15 @@ class StatusReport:
         return (
             f"healthy: receiver on {self.data['radio']['port']}, "
             f"{self.data['tokens']['count']} phones, {self.data['outbox']['pending']} queued"
+            + _credentials_note(self.data)
         )
+
+
+def _credentials_note(data: dict[str, Any]) -> str:
+    credentials = data["apns"].get("credentials") or {}
+    if credentials.get("state") == "verified":
+        return f", APNs credentials verified at {credentials['verified_at']}"
+    return ""
 
 
 def _when(epoch: float | None) -> str | None:
@@ -72,11 +80,15 @@ def build_status(
     cloud: dict[str, Any] | None,
     config: ConfigState | None = None,
     home_assistant: dict[str, Any] | None = None,
+    credentials: dict[str, Any] | None = None,
+    credentials_problem: str | None = None,
 ) -> StatusReport:
     problems: list[str] = []
     if not radio.connected:
         why = f" ({radio.last_error})" if radio.last_error else ""
         problems.append(f"receiver not connected on {radio.port}{why}")
+    if credentials_problem:
+        problems.append(credentials_problem)
     if outbox.auth_problem:
         problems.append(outbox.auth_problem + " — check apns.auth")
     down = sorted(env for env, up in outbox.links.items() if not up)
@@ -138,6 +150,7 @@ def build_status(
             "delivered": apns.delivered,
             "failed": apns.failed,
             "last_error": apns.last_error,
+            "credentials": credentials,
         },
         "outbox": {
             "pending": outbox.pending,
@@ -191,6 +204,9 @@ def render_human(data: dict[str, Any]) -> str:
         f"apns       {'connected' if apns['connected'] else 'not connected'} ({apns['auth']} auth)"
         f"; {apns['sent']} sent, {apns['delivered']} delivered, {apns['failed']} failed"
     )
+    credentials = apns.get("credentials")
+    if credentials:
+        lines.append(f"           {_credentials_line(credentials)}")
     if apns.get("last_error"):
         lines.append(f"           last error: {apns['last_error']}")
     oldest = outbox["oldest_age_s"]
@@ -232,6 +248,18 @@ def render_human(data: dict[str, Any]) -> str:
                 + ", ".join(config["restart_needed"])
             )
     return "\n".join(lines)
+
+
+def _credentials_line(credentials: dict[str, Any]) -> str:
+    state = credentials.get("state")
+    if state == "verified":
+        return f"credentials verified at {credentials.get('verified_at')}"
+    if state == "not checked":
+        return "credentials not checked (apns.verify_credentials: false)"
+    detail = f": {credentials['detail']}" if credentials.get("detail") else ""
+    if state == "refused":
+        return f"credentials REFUSED by Apple{detail}"
+    return f"credentials not yet proven{detail}"
 
 
 def _count(n: int, noun: str) -> str:

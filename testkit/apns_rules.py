@@ -157,6 +157,20 @@ def check_payload(payload: bytes, size: int, *, push_type: str | None) -> Reject
     return None
 
 
+def check_device(token: str) -> Rejection | None:
+    """Whether a device has ``token``: only after authentication, topic and payload passed.
+
+    Apple looks the token up last, so a well-formed token that belongs to no device
+    answers 400 BadDeviceToken exactly when the credentials and topic were accepted
+    (what edgebell's credentials check relies on). The stand-in has no registry of
+    devices: every token is some device's except one of only zeros, which APNs never
+    issues.
+    """
+    if token.strip("0") == "":
+        return Rejection(400, Reason.BAD_DEVICE_TOKEN)
+    return None
+
+
 def is_uuid(value: str) -> bool:
     """True for the canonical 8-4-4-4-12 form Apple requires of ``apns-id``."""
     return _UUID.fullmatch(value) is not None

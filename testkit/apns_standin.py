@@ -21,6 +21,7 @@ from testkit.apns_rules import (
     Reason,
     Rejection,
     Target,
+    check_device,
     check_headers,
     check_payload,
     check_target,
@@ -81,6 +82,11 @@ class ReceivedPush:
     @property
     def short_token(self) -> str:
         return short_token(self.token)
+
+    @property
+    def to_device(self) -> bool:
+        """False for a request to a token no device has (a credentials check, not a ring)."""
+        return check_device(self.token) is None
 
 
 class ApnsStandIn:
@@ -368,13 +374,14 @@ class ApnsStandIn:
         return response, body
 
     def _judge(self, conn: StandInConnection, request: Request, token: str) -> Rejection | None:
-        """Apple's checks in order (auth, headers, payload), then the configured faults."""
+        """Apple's checks in order (auth, headers, payload, device), then the configured faults."""
         headers = request.headers
         return (
             self._authenticate(conn, headers)
             or check_headers(headers, duplicated=request.duplicated, topic=self.topic)
             or check_payload(request.payload, request.size, push_type=headers.get("apns-push-type"))
             or self._fault(token)
+            or check_device(token)
         )
 
     def _authenticate(

@@ -91,9 +91,13 @@ class StandInThread:
         """A copy of the requests answered 200 so far."""
         return self.call(lambda standin: list(standin.received))
 
-    def responses(self) -> list[ReceivedPush]:
-        """A copy of every answered request so far."""
-        return self.call(lambda standin: list(standin.responses))
+    def responses(self, *, no_device: bool = False) -> list[ReceivedPush]:
+        """A copy of every answered request so far to a device's token.
+
+        Requests to a token no device has (edgebell's credentials check) are left out
+        unless ``no_device``: they are no ring's pushes.
+        """
+        return self.call(lambda standin: [r for r in standin.responses if no_device or r.to_device])
 
     def set(self, **knobs: Any) -> None:
         """Change knobs (see ``apns_standin.KNOBS``) between two requests of the stand-in."""

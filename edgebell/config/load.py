@@ -86,6 +86,7 @@ APNS_KEYS = (
     "jwt_refresh",
     "retry_min",
     "retry_max",
+    "verify_credentials",
 )
 AUTH_KEYS: dict[str, tuple[str, ...]] = {
     "token": ("key_file", "key_id", "team_id"),
@@ -378,7 +379,12 @@ class _Loader:
             jwt_refresh=self.jwt_refresh(fields),
             retry_min=retry_min,
             retry_max=retry_max,
+            verify_credentials=self.flag(fields, "verify_credentials", True),
         )
+
+    def flag(self, fields: Fields, name: str, default: bool) -> bool:
+        node = fields.get(name)
+        return default if node is None else self.doc.boolean(node, fields.key(name))
 
     def jwt_refresh(self, fields: Fields) -> float:
         seconds = self.duration(fields, "jwt_refresh", 40 * 60.0)

@@ -121,6 +121,8 @@ class ApnsConfig:
     jwt_refresh: float
     retry_min: float
     retry_max: float
+    # Prove key, team and topic with Apple at start (see edgebell/apns/credentials.py).
+    verify_credentials: bool = True
 
     def endpoint(self, environment: Environment) -> tuple[str, int]:
         """Host and port to connect to for ``environment``: the ``host`` override, else Apple."""

@@ -106,6 +106,12 @@ class Document:
         assert isinstance(value, int)
         return value
 
+    def boolean(self, node: yaml.Node, key: str) -> bool:
+        """``true`` or ``false`` (YAML 1.1's yes/no/on/off too, as PyYAML reads them)."""
+        if not isinstance(node, yaml.ScalarNode) or node.tag != BOOL:
+            raise self.error(node, key, f"must be true or false, not {describe(node)}")
+        return bool(self._constructor.construct_object(node))
+
     def duration(self, node: yaml.Node, key: str) -> float:
         """Seconds: a number, or a string like ``1.5s``, ``10m``, ``1m30s``."""
         if isinstance(node, yaml.ScalarNode) and node.tag in (INT, FLOAT):
