@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
+import os
 import re
 import sys
 from collections.abc import Sequence
@@ -20,6 +23,7 @@ EXIT_OK = 0
 EXIT_FAILED = 1  # degraded status, ring refused, a test push not delivered
 EXIT_CONFIG = 2
 EXIT_NOT_RUNNING = 3  # `status` only: the other commands fail (1) when no daemon runs
+EXIT_CANNOT_TELL = 4  # `status` only: no permission to ask, no answer, no config to find it by
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -58,6 +62,27 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int:
     out = out or sys.stdout
     args = _parser().parse_args(argv)
+    try:
+        code = _main(args, out)
+        out.flush()
+    except BrokenPipeError:
+        # The reader went away (`edgebell status | head -1`): it has read all it wanted,
+        # and the answer's verdict stands. Python would complain again at exit otherwise.
+        _reader_gone(out)
+        return getattr(args, "exit_code", EXIT_OK)
+    return code
+
+
+def _reader_gone(out: TextIO) -> None:
+    with contextlib.suppress(OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, out.fileno())
+        os.close(devnull)
+
+
+def _main(args: argparse.Namespace, out: TextIO) -> int:
+    if args.command == "status":
+        return _status_command(args, out)
     try:
         return _dispatch(args, out)
     except ConfigError as exc:
@@ -100,8 +125,6 @@ def _dispatch(args: argparse.Namespace, out: TextIO) -> int:
     from edgebell import control
 
     sock = _control_socket(args.config)
-    if command == "status":
-        return _status(control.request(sock, {"cmd": "status"}, timeout=5.0), args.json, out)
     if command == "ring":
         answer = control.request(sock, {"cmd": "ring", "button": args.button})
         if not answer.get("ok"):
@@ -163,18 +186,41 @@ def _run(config: Config) -> int:
         raise EdgebellError(str(exc)) from exc
 
 
-def _status(answer: dict[str, object], as_json: bool, out: TextIO) -> int:
+def _status_command(args: argparse.Namespace, out: TextIO) -> int:
+    """``status``: exit 0 healthy, 1 degraded, 3 not running, 4 cannot tell; JSON always."""
+    from edgebell import control
+
+    try:
+        sock = _control_socket(args.config)
+        answer = control.request(sock, {"cmd": "status"}, timeout=5.0)
+    except NotRunningError as exc:
+        return _status_unknown(args, out, "not running", str(exc), EXIT_NOT_RUNNING)
+    except ConfigError as exc:
+        return _status_unknown(
+            args, out, "unknown", f"configuration error: {exc}", EXIT_CANNOT_TELL
+        )
+    except ControlError as exc:  # no permission to ask, or a daemon that does not answer
+        return _status_unknown(args, out, "unknown", str(exc), EXIT_CANNOT_TELL)
     from edgebell.status import render_human
 
     data = answer.get("status")
     if not isinstance(data, dict):
-        print(f"edgebell: unexpected answer from the daemon: {answer}", file=sys.stderr)
-        return EXIT_FAILED
-    if as_json:
-        print(json.dumps(data, indent=2), file=out)
-    else:
-        print(render_human(data), file=out)
-    return EXIT_OK if data.get("state") == "healthy" else EXIT_FAILED
+        return _status_unknown(
+            args, out, "unknown", "unexpected answer from the daemon", EXIT_CANNOT_TELL
+        )
+    args.exit_code = EXIT_OK if data.get("state") == "healthy" else EXIT_FAILED
+    print(json.dumps(data, indent=2) if args.json else render_human(data), file=out)
+    return int(args.exit_code)
+
+
+def _status_unknown(
+    args: argparse.Namespace, out: TextIO, state: str, error: str, code: int
+) -> int:
+    args.exit_code = code
+    print(f"edgebell: {error}", file=sys.stderr)
+    if args.json:  # monitoring reads stdout: it always gets a verdict it can parse
+        print(json.dumps({"state": state, "error": error}), file=out)
+    return code
 
 
 def _test_push(answer: dict[str, object], as_json: bool, out: TextIO) -> int:

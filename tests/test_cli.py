@@ -143,6 +143,10 @@ def test_when_no_daemon_runs_status_exits_3_and_other_commands_1_with_one_clear_
     daemon.stop(signal.SIGKILL)  # killed: the socket file stays behind, nobody listens
     sock = daemon.files.control_socket
     assert sock.exists()
+    error = (
+        f"not running: no edgebell daemon answers on {sock} "
+        "(under systemd: systemctl status edgebell)"
+    )
     for args, code in (
         (("status",), 3),
         (("status", "--json"), 3),
@@ -152,11 +156,11 @@ def test_when_no_daemon_runs_status_exits_3_and_other_commands_1_with_one_clear_
     ):
         result = daemon.cli(*args)
         assert (args, result.returncode) == (args, code)
-        assert result.stdout == ""
-        assert result.stderr.splitlines() == [
-            f"edgebell: not running: no edgebell daemon answers on {sock} "
-            "(under systemd: systemctl status edgebell)"
-        ]
+        if "--json" in args:  # monitoring always gets a verdict it can parse on stdout
+            assert json.loads(result.stdout) == {"state": "not running", "error": error}
+        else:
+            assert result.stdout == ""
+        assert result.stderr.splitlines() == [f"edgebell: {error}"]
 
 
 def test_a_daemon_that_does_not_answer_is_not_answering_not_not_running(
@@ -165,14 +169,13 @@ def test_a_daemon_that_does_not_answer_is_not_answering_not_not_running(
     assert daemon.proc is not None
     daemon.proc.send_signal(signal.SIGSTOP)  # hung: the kernel still takes the connection
     try:
-        result = daemon.cli("status")
+        result = daemon.cli("status", "--json")
     finally:
         daemon.proc.send_signal(signal.SIGCONT)
-    assert result.returncode == 1
-    assert result.stderr.splitlines() == [
-        f"edgebell: the daemon on {daemon.files.control_socket} is not answering "
-        "(no reply within 5 s)"
-    ]
+    error = f"the daemon on {daemon.files.control_socket} is not answering (no reply within 5 s)"
+    assert result.returncode == 4  # cannot tell: it runs, but how it is is unknown
+    assert json.loads(result.stdout) == {"state": "unknown", "error": error}
+    assert result.stderr.splitlines() == [f"edgebell: {error}"]
 
 
 def test_only_root_and_the_daemons_group_may_ask(daemon: DaemonProcess, tmp_path: Path) -> None:
@@ -221,7 +224,7 @@ def test_only_root_and_the_daemons_group_may_ask(daemon: DaemonProcess, tmp_path
             sock.chmod(0o660)
     finally:
         shutil.rmtree(shared)
-    assert denied.returncode == 1  # the daemon may well be running: 3 would say it is not
+    assert denied.returncode == 4  # cannot tell: the daemon may well run (3 would say not)
     assert denied.stderr.splitlines() == [
         f"edgebell: permission denied on {sock}: run as root or as a member of group {group} "
         f"(usermod -aG {group} $USER, then log in again)"
@@ -380,3 +383,35 @@ def test_a_request_nested_30000_deep_gets_a_clear_error_and_no_traceback(
     assert answer == {"ok": False, "error": "bad request: JSON nested deeper than 32 levels"}
     assert daemon.status()["state"] == "healthy"
     assert "Traceback" not in daemon.log_text()
+
+
+def test_status_piped_into_head_exits_with_the_verdict_not_a_traceback(
+    daemon: DaemonProcess,
+) -> None:
+    # Issue 10: `edgebell status | head -1` crashed with BrokenPipeError (exit 1: "degraded").
+    for args in (("status",), ("status", "--json")):
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "edgebell", *args, "--config", str(daemon.files.config)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        assert proc.stdout is not None
+        proc.stdout.close()  # the reader is gone before anything was written, as head's can be
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0, err
+        assert err == b""
+
+
+def test_status_json_when_the_config_cannot_be_read_is_unknown(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere.yaml"
+    result = subprocess.run(
+        [sys.executable, "-m", "edgebell", "status", "--json", "--config", str(missing)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 4
+    answer = json.loads(result.stdout)
+    assert answer["state"] == "unknown"
+    assert str(missing) in answer["error"]
