@@ -51,12 +51,27 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ring", parents=[common], help="ring as if BUTTON were pressed")
     p.add_argument("button", help="button id from the configuration")
     p = sub.add_parser("test-push", parents=[common], help="push a test notification now")
-    p.add_argument("--token", help="one device token (hex) instead of every authorised phone")
+    p.add_argument(
+        "--token",
+        type=_device_token,
+        help="one device token (hex) instead of every authorised phone",
+    )
     p.add_argument("--json", action="store_true", help="print the outcomes as JSON")
     from edgebell.cloud.cli import add_parser as add_cloud_parser
 
     add_cloud_parser(sub)
     return parser
+
+
+def _device_token(text: str) -> str:
+    """``--token``: a usage error (exit 2, nothing sent) unless it is a device token."""
+    from edgebell.tokens import is_device_token
+
+    if not is_device_token(text):
+        raise argparse.ArgumentTypeError(
+            "not a device token: an even number of hex digits, 16 to 200 of them"
+        )
+    return text.lower()
 
 
 def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int:

@@ -17,7 +17,7 @@ from edgebell.privacy import short_token
 from edgebell.radio.events import Frame
 from edgebell.radio.keys import match_snippet
 from edgebell.rings import Ring, iso_time, new_id
-from edgebell.tokens import AuthorisedToken
+from edgebell.tokens import AuthorisedToken, is_device_token
 
 if TYPE_CHECKING:  # the daemon imports this module to wire it up
     from edgebell.daemon import Daemon
@@ -88,7 +88,11 @@ class ControlCommands:
         return {"ok": True, "ring_id": ring.ring_id, "button": ring.button}
 
     async def _cmd_test_push(self, request: JSON) -> JSON:
-        results = await self.test_push(request.get("token"))
+        token = request.get("token")
+        if token is not None and not (isinstance(token, str) and is_device_token(token)):
+            # Nothing is sent (nor counted as sent and failed) for what is no device token.
+            return {"ok": False, "error": "token must be hex (16 to 200 digits, even count)"}
+        results = await self.test_push(token)
         return {"ok": True, "results": results}
 
     async def test_push(self, token: Any) -> list[JSON]:

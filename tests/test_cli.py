@@ -415,3 +415,23 @@ def test_status_json_when_the_config_cannot_be_read_is_unknown(tmp_path: Path) -
     answer = json.loads(result.stdout)
     assert answer["state"] == "unknown"
     assert str(missing) in answer["error"]
+
+
+def test_test_push_with_no_device_token_is_a_usage_error_that_sends_nothing(
+    daemon: DaemonProcess, apns_standin_thread: StandInThread
+) -> None:
+    # Issue 10: `--token zz` went out as a push and counted as sent and failed.
+    before = daemon.status()["apns"]
+    for bad in ("zz", "abc", "0x" + random_token()):
+        result = daemon.cli("test-push", "--token", bad)
+        assert result.returncode == 2
+        assert "not a device token" in result.stderr
+        assert result.stdout == ""
+    # The daemon refuses it too, for any other client of the control socket.
+    from edgebell import control
+
+    answer = control.request(daemon.files.control_socket, {"cmd": "test-push", "token": "zz"})
+    assert answer == {"ok": False, "error": "token must be hex (16 to 200 digits, even count)"}
+    after = daemon.status()["apns"]
+    assert (after["sent"], after["failed"]) == (before["sent"], before["failed"])
+    assert apns_standin_thread.responses() == []
