@@ -11,10 +11,11 @@ import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, TextIO, cast
 
 from edgebell import __version__
 from edgebell.errors import ConfigError, ControlError, EdgebellError, NotRunningError
+from edgebell.printable import PrintableStream
 
 if TYPE_CHECKING:
     from edgebell.config import Config
@@ -75,7 +76,18 @@ def _device_token(text: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int:
-    out = out or sys.stdout
+    # Everything the command prints, errors included, goes through printable(): frames,
+    # banners and Apple's or the broker's words cannot steer the terminal.
+    out = cast(TextIO, PrintableStream(out or sys.stdout))
+    stderr = sys.stderr
+    sys.stderr = cast(TextIO, PrintableStream(stderr))
+    try:
+        return _main_guarded(argv, out)
+    finally:
+        sys.stderr = stderr
+
+
+def _main_guarded(argv: Sequence[str] | None, out: TextIO) -> int:
     args = _parser().parse_args(argv)
     try:
         code = _main(args, out)

@@ -11,6 +11,7 @@ import sys
 from collections.abc import Mapping
 from typing import ClassVar, TextIO
 
+from edgebell.logqueue import QUEUE_MAX, BoundedQueueHandler, RepeatLimiter
 from edgebell.privacy import RedactingFilter
 
 LEVELS = {
@@ -54,11 +55,14 @@ def setup_logging(
     for old in list(root.handlers):
         root.removeHandler(old)
     if background:
-        records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
-        root.addHandler(logging.handlers.QueueHandler(records))
+        records: queue.Queue[logging.LogRecord] = queue.Queue(QUEUE_MAX)
+        queued = BoundedQueueHandler(records)
+        queued.addFilter(RepeatLimiter())  # before the queue: held-back repeats cost nothing
+        root.addHandler(queued)
         _listener = logging.handlers.QueueListener(records, handler, respect_handler_level=True)
         _listener.start()
     else:
+        handler.addFilter(RepeatLimiter())
         root.addHandler(handler)
     set_level(level)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 
+from edgebell.printable import printable
 from edgebell.tokens import MIN_TOKEN_HEX
 
 # Device tokens are hex of variable length: any run as long as the shortest token the config
@@ -30,7 +31,8 @@ def redact(text: str) -> str:
 
 
 class RedactingFilter(logging.Filter):
-    """Masks device tokens and JWTs in every record's final text, tracebacks included.
+    """Masks device tokens and JWTs in every record's final text, tracebacks included,
+    and escapes control characters (:func:`edgebell.printable.printable`).
 
     Install it on handlers, not loggers: a handler's filter sees records of every logger,
     third-party ones (h2, hpack debug output) included.
@@ -43,7 +45,8 @@ class RedactingFilter(logging.Filter):
             # Logging would print the raw arguments to stderr on a formatting error.
             message = f"{record.msg!s} [log arguments dropped: they do not fit the message]"
             record.msg, record.args = message, None
-        masked = redact(message)
+        # One line per record, whatever the receiver or a peer put in the text.
+        masked = printable(redact(message))
         if masked != message:
             # Freeze the masked text: formatters call getMessage() again later.
             record.msg = masked
@@ -52,7 +55,7 @@ class RedactingFilter(logging.Filter):
             # Formatters cache the traceback text in exc_text and reuse it, so mask it there.
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         if record.exc_text:
-            record.exc_text = redact(record.exc_text)
+            record.exc_text = printable(redact(record.exc_text), keep_newlines=True)
         if record.stack_info:
-            record.stack_info = redact(record.stack_info)
+            record.stack_info = printable(redact(record.stack_info), keep_newlines=True)
         return True

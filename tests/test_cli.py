@@ -435,3 +435,32 @@ def test_test_push_with_no_device_token_is_a_usage_error_that_sends_nothing(
     after = daemon.status()["apns"]
     assert (after["sent"], after["failed"]) == (before["sent"], before["failed"])
     assert apns_standin_thread.responses() == []
+
+
+def test_learn_shows_escapes_in_a_frame_and_never_sends_them_to_the_terminal(
+    daemon: DaemonProcess, gateway_files: GatewayFiles, rflink_receiver: FakeReceiver
+) -> None:
+    # Issue 10: ANSI escapes in a frame cleared and recoloured the installer's terminal.
+    hostile = "20;07;Kaku;ID=\x1b[2J\x1b[31m41;SWITCH=\x9b1;CMD=ON;"
+    with subprocess.Popen(
+        [sys.executable, "-m", "edgebell", "learn", "--config", str(gateway_files.config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as learn:
+        try:
+            assert learn.stdout is not None
+            out = Lines(learn.stdout)
+            out.wait_count("press each new button once")
+            rflink_receiver.write_line(hostile)
+            out.wait_count("paste under buttons:")
+            learn.send_signal(signal.SIGINT)
+            assert learn.wait(10) == 0
+        finally:
+            if learn.poll() is None:
+                learn.kill()
+        out.join()
+    text = out.text
+    assert "20;07;Kaku;ID=\\x1b[2J\\x1b[31m41;SWITCH=\\x9b1;CMD=ON;" in text
+    assert not any(ch in text for ch in "\x1b\x9b\r")
+    assert "\x1b" not in daemon.log_text()

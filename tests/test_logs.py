@@ -117,3 +117,40 @@ def test_a_full_run_logs_no_device_token_key_or_jwt(
         assert line not in text
     assert "PRIVATE KEY" not in text
     assert "eyJ" not in text  # every JWT starts so (its header is base64 JSON)
+
+
+def test_control_characters_from_outside_never_reach_a_log_line(root_logging: None) -> None:
+    # Issue 10: 50,000 firmware banners made 50,000 INFO lines with raw escape bytes.
+    stream = io.StringIO()
+    setup_logging("info", {}, stream=stream, background=False)
+    banner = "Nodo RFLink Gateway\x1b[2J\x1b]0;owned\x07\nFAKE 12:00 INFO edgebell: forged line"
+    logging.getLogger("edgebell.daemon").info("receiver announced itself: %s", banner)
+    try:
+        raise ValueError("bad \x1b[31m frame")
+    except ValueError:
+        logging.getLogger("edgebell.test").exception("failed on %s", "\x9b")
+    text = stream.getvalue()
+    assert not any(ch in text for ch in "\x1b\x07\x9b\r")
+    first = text.splitlines()[0]
+    assert first.endswith(
+        "Gateway\\x1b[2J\\x1b]0;owned\\x07\\x0aFAKE 12:00 INFO edgebell: forged line"
+    )
+    assert "bad \\x1b[31m frame" in text
+
+
+def test_a_banner_loop_makes_a_bounded_number_of_log_lines(
+    gateway_files: GatewayFiles, rflink_receiver: FakeReceiver, apns_standin_thread: StandInThread
+) -> None:
+    # Issue 10: 50,000 firmware banner lines made 50,000 INFO lines.
+    from edgebell.logqueue import BURST
+
+    with DaemonProcess(gateway_files) as daemon:
+        banner = b"20;00;Nodo RadioFrequencyLink - RFLink Gateway V1.1 - R46\x1b[2J;\r\n"
+        for _ in range(10):
+            rflink_receiver.write(banner * 500)
+        rflink_receiver.write_line(FRONT_FRAME.format(n=1))
+        apns_standin_thread.wait_for(lambda s: len(s.received) >= 3, timeout=20)
+        assert daemon.stop() == 0
+    announced = [ln for ln in daemon.log_text().splitlines() if "receiver announced itself" in ln]
+    assert 1 <= len(announced) <= BURST
+    assert "\x1b" not in daemon.log_text()
