@@ -77,7 +77,7 @@ async def _removed(s: RegistryService, p: Principal, a: dict[str, str], body: An
 async def _status(s: RegistryService, p: Principal, a: dict[str, str], body: Any) -> Any:
     if p.user is not None:
         raise NotFound("no such call for a user")
-    return s.status()
+    return await s.status()
 
 
 def _route(method: str, pattern: str, action: Action) -> tuple[str, re.Pattern[str], Action]:

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import math
 import random
+import socket
 import ssl
 
 import aiomqtt
@@ -106,6 +107,9 @@ class RegistryLink:
                     timeout=self._config.connect_timeout,
                     tls_context=self._context,
                     protocol=aiomqtt.ProtocolVersion.V311,
+                    # A list is one small packet right after the PUBACK of what caused it:
+                    # Nagle would hold it for the broker's delayed ACK (40 ms).
+                    socket_options=((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),),
                 ) as client:
                     await client.subscribe(subscriptions(prefix, self._config.shared_group))
                     log.info("connected to %s as %s", self._config.url, self._client_id)

@@ -493,6 +493,17 @@ class Operations:
 
         return run_retrying(self.db, work)
 
+    def unpublished_count(self) -> int:
+        def work(tx: Tx) -> int:
+            count: int = tx.execute("SELECT COUNT(*) FROM gateways WHERE ver > published_ver")[0][0]
+            return count
+
+        return run_retrying(self.db, work)
+
+    def relist(self, gateways: Sequence[str]) -> tuple[Published, ...]:
+        """Recompute (and sign when changed) these gateways' lists: after a bulk import."""
+        return run_retrying(self.db, lambda tx: self._relist(tx, gateways))
+
     def publish(
         self,
         gateway: str,

@@ -251,12 +251,14 @@ class RegistryService:
                 log.warning("housekeeping: %s", exc)
             await asyncio.sleep(poll)
 
-    def status(self) -> dict[str, Any]:
+    async def status(self) -> dict[str, Any]:
+        unpublished = await self.call(self.ops.unpublished_count)
         return {
             "version": __version__,
             "uptime_s": round(self._clock() - self.started_at, 1),
             "database": self.ops.db.url,
             "mqtt": {"connected": self.broker is not None},
+            "lists_unpublished": unpublished,
             "delegated": self.apns is not None,
             "counters": dict(sorted(self.counters.items())),
             "refused": dict(sorted(self.refused.items())),
