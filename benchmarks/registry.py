@@ -237,9 +237,7 @@ def measure(gateways: int = 10_000, samples: int = 200, postgres: bool = False) 
         "memory_idle_mb": memory_idle,
         "memory_after_mb": memory_after,
         "peak_rss_mb": round(peak, 1),
-        "database_mb": round(
-            sum(os.path.getsize(p) for p in root.glob("registry.db*")) / 2**20, 1
-        )
+        "database_mb": round(sum(os.path.getsize(p) for p in root.glob("registry.db*")) / 2**20, 1)
         if db_file.exists()
         else None,
         "removed": final["counters"].get("tokens removed by feedback", 0),
@@ -277,8 +275,10 @@ def render(r: dict[str, Any]) -> list[str]:
     row("bulk import of the fleet (signing every list)", lambda run: f"{run['populate_s']} s")
     row(
         "registry memory (RSS / USS)",
-        lambda run: f"{run['memory_after_mb']['rss']} / {run['memory_after_mb']['uss']} MiB,"
-        f" peak {run['peak_rss_mb']} MiB",
+        lambda run: (
+            f"{run['memory_after_mb']['rss']} / {run['memory_after_mb']['uss']} MiB,"
+            f" peak {run['peak_rss_mb']} MiB"
+        ),
     )
     row(
         "database on disk",
