@@ -12,9 +12,10 @@ import pytest
 
 from edgebell.cloud import tools
 from edgebell.cloud.tokenlist import verify_token_list
-from edgebell.errors import BadRequest, Conflict, NotFound, Unauthorised
+from edgebell.errors import BadRequest, ConfigError, Conflict, NotFound, Unauthorised
 from edgebell.registry import inbound, lists
 from edgebell.registry.auth import Authenticator, AuthRequest, Principal
+from edgebell.registry.config import load_registry_config
 from edgebell.registry.model import Phone, Share
 from edgebell.registry.operations import Operations, Retention, summary
 from edgebell.registry.store import open_database
@@ -280,3 +281,23 @@ def test_every_list_entry_keeps_the_contract_shape(ops: Operations, pki: TestPki
         "registered_at": 7,
         "buttons": ["back", "front"],
     }
+
+
+def test_the_example_config_loads_as_documented() -> None:
+    config = load_registry_config(Path(__file__).parent.parent / "config/registry.example.yaml")
+    assert config.database == "sqlite:///var/lib/edgebell-cloud/registry.db"
+    assert config.mqtt is not None
+    assert config.mqtt.shared_group == "edgebell-registry"
+    assert (config.http.host, config.http.port) == ("127.0.0.1", 8780)
+    assert config.apns is None
+    assert config.retention == Retention(30 * 86400, 200, 90 * 86400)
+
+
+def test_config_errors_name_the_line_and_key(tmp_path: Path) -> None:
+    path = tmp_path / "registry.yaml"
+    path.write_text("signing_key: k\ndatabase: mysql://x\n")
+    with pytest.raises(ConfigError, match=r"registry.yaml:2: database: must be sqlite"):
+        load_registry_config(path)
+    path.write_text("signing_key: k\nhttp:\n  listen: 127.0.0.1:8780\n  tokens: x\n")
+    with pytest.raises(ConfigError, match=r":4: http.tokens: unknown key"):
+        load_registry_config(path)
