@@ -84,11 +84,15 @@ def main(argv: list[str] | None = None) -> int:
     ) as apns:
         step(2, total, f"APNs stand-in listening on {apns.url} (TLS + HTTP/2).")
         say("      It answers as Apple documents and refuses a request whose JWT it cannot verify.")
-        phones = [random_token(), random_token(), random_token()]
-        gone = phones[2]
+        alice, bob = [random_token(), random_token()], [random_token()]
+        phones = alice + bob
+        gone = alice[1]
         apns.set(token_errors={gone: (410, "Unregistered")})
-        say(f"      Three phones are authorised; {short_token(gone)} uninstalled the app,")
-        say("      so 'Apple' will answer 410 Unregistered for it.")
+        say(
+            "      Three phones: alice's two and bob's; alice's second phone "
+            f"({short_token(gone)}) uninstalled"
+        )
+        say("      the app, so 'Apple' will answer 410 Unregistered for it.")
 
         with (
             FakeReceiver(root / "ttyRFLink", answer_pings=True) as receiver,
@@ -101,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
                 LocalCloud.explain_missing(say)
             else:
                 cloud.introduce(say)
-                cloud.publish_list(root, phones, say)
+                cloud.register(alice, bob, say)
             if home is not None:
                 home.introduce(say)
             files = write_config(
@@ -135,11 +139,13 @@ def main(argv: list[str] | None = None) -> int:
                 receiver.write_line(FRONT_FRAME.format(n=n + 1))
             watcher.wait_and_show(3)
             say("      -> one push per phone; the dead token is now suppressed and reported.")
+            if cloud is not None:
+                cloud.wait_dropped(gone, daemon, say)
             time.sleep(0.3)
             say("\n      A press of the back door (a SelectPlus chime button):")
             receiver.write_line(BACK_FRAME.format(n=4))
             watcher.wait_and_show(2)
-            say("      -> only the two live phones this time.")
+            say("      -> only the two live phones this time: the dead token is not tried.")
             say("\n      `edgebell ring front` rings by hand (ignores debounce and cooldown):")
             result = daemon.cli("ring", "front")
             say(textwrap.indent(result.stdout.strip(), "      $ "))

@@ -1,37 +1,42 @@
-"""The demo's cloud: a local Mosquitto and a token list signed with ``edgebell cloud``.
+"""The demo's cloud: a local Mosquitto and the token registry (``edgebell cloud serve``).
 
-Used by ``scripts/demo`` when mosquitto is installed; without it the demo's phones
-come from the config file instead.
+Used by ``scripts/demo`` when mosquitto is installed: phones are registered and
+the doorbell is shared over the registry's HTTP API, the registry publishes the
+signed list, and drops the token Apple calls dead. Without mosquitto the demo's
+phones come from the config file instead.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import subprocess
-import sys
-from collections.abc import Callable, Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from edgebell.privacy import short_token
+from edgebell.privacy import redact, short_token
 from testkit.cloud_peer import CloudPeer
 from testkit.gateway import GATEWAY_ID, DaemonProcess
 from testkit.mosquitto import CLOUD_USER, MosquittoBroker, mosquitto_binary
 from testkit.pki import TestPki, make_client_cert
+from testkit.registry import RegistryProcess, write_registry_config
 
 P = f"edgebell/{GATEWAY_ID}"
 _TIMEOUT = 15.0
+Say = Callable[[str], None]
 
 
 class LocalCloud:
-    """A broker configured as docs/mqtt.md says, and the cloud backend connected to it."""
+    """A broker configured as docs/mqtt.md says, the registry, and an observer of the topics."""
 
-    def __init__(self, broker: MosquittoBroker, peer: CloudPeer, pki: TestPki) -> None:
+    def __init__(
+        self, broker: MosquittoBroker, registry: RegistryProcess, peer: CloudPeer, pki: TestPki
+    ) -> None:
         self.broker = broker
+        self.registry = registry
         self.peer = peer
         self.pki = pki
-        self.ver: int | None = None
 
     @classmethod
     @contextlib.contextmanager
@@ -40,24 +45,63 @@ class LocalCloud:
         if mosquitto_binary() is None:
             yield None
             return
-        identity = make_client_cert(pki.ca, root / "pki", CLOUD_USER)
-        with (
-            MosquittoBroker(root / "broker", ca=pki.ca, server=pki.server) as broker,
-            CloudPeer(
-                broker.host, broker.port, ca=pki.ca.cert, identity=identity, subscribe=[f"{P}/#"]
-            ) as peer,
-        ):
-            yield cls(broker, peer, pki)
+        registry_identity = make_client_cert(pki.ca, root / "pki", "registry")
+        observer = make_client_cert(pki.ca, root / "pki", CLOUD_USER)
+        with MosquittoBroker(
+            root / "broker", ca=pki.ca, server=pki.server, more_cloud_users=("registry",)
+        ) as broker:
+            config, token, port = write_registry_config(
+                root / "registry",
+                pki=pki,
+                broker=broker,
+                identity=registry_identity,
+                extra={"log_level": "info"},
+            )
+            with (
+                RegistryProcess(config, token, port) as registry,
+                CloudPeer(
+                    broker.host,
+                    broker.port,
+                    ca=pki.ca.cert,
+                    identity=observer,
+                    subscribe=[f"{P}/#"],
+                ) as peer,
+            ):
+                yield cls(broker, registry, peer, pki)
 
     @staticmethod
-    def explain_missing(say: Callable[[str], None]) -> None:
+    def explain_missing(say: Say) -> None:
         say("      mosquitto is not installed, so the phones come from the config file;")
-        say("      install it to see the token list arrive over MQTT (apt-get install mosquitto).")
+        say("      install it to see the token registry at work (apt-get install mosquitto).")
 
-    def introduce(self, say: Callable[[str], None]) -> None:
+    def introduce(self, say: Say) -> None:
         say(f"      A local Mosquitto plays the cloud's broker at {self.broker.url}: TLS, client")
         say("      certificates required, each gateway confined to its own topics by its CN.")
-        say("      The cloud signs the list of phones that may hear this doorbell:")
+        say("      The token registry (`edgebell cloud serve`) runs beside it, API at")
+        say(f"      {self.registry.url}, on SQLite; the app calls it to register phones:")
+
+    def call(self, say: Say, method: str, path: str, body: Any = None) -> dict[str, Any]:
+        """One API call, shown as the app would make it (tokens shortened)."""
+        answer = self.registry.api(method, path, body)
+        shown = json.dumps(body) if body is not None else ""
+        say(f"      {method} {redact(path)} {shown}".rstrip())
+        text = redact(json.dumps(answer.document, ensure_ascii=False))
+        say(f"        -> {answer.status} {text if len(text) <= 96 else text[:95] + '…'}")
+        if answer.status != 200:
+            raise RuntimeError(f"the registry refused {method} {path}: {answer.document}")
+        document: dict[str, Any] = answer.document
+        return document
+
+    def register(self, alice: list[str], bob: list[str], say: Say) -> None:
+        """alice's phones and her doorbell; bob's phone, and the doorbell shared with him."""
+        for token in alice:
+            self.call(say, "PUT", f"/v1/users/alice/phones/{token}", {"env": "sandbox"})
+        self.call(say, "PUT", f"/v1/gateways/{GATEWAY_ID}", {"owner": "alice"})
+        say("      alice shares the doorbell with bob, who has the app on his phone:")
+        for token in bob:
+            self.call(say, "PUT", f"/v1/users/bob/phones/{token}", {"env": "sandbox"})
+        self.call(say, "PUT", f"/v1/gateways/{GATEWAY_ID}/shares/bob", {})
+        say(f"      Each change signed a new list and published it retained on {P}/tokens.")
 
     def config_section(self) -> dict[str, Any]:
         return {
@@ -68,53 +112,42 @@ class LocalCloud:
             "token_list_key": str(self.pki.token_list_key.public_key),
         }
 
-    def publish_list(self, root: Path, phones: Sequence[str], say: Callable[[str], None]) -> None:
-        """Sign the list with ``edgebell cloud sign-tokens``; publish it retained, answer hello."""
-        entries = [
-            {"token": t, "env": "sandbox", "user": f"user{n}", "registered_at": 0}
-            for n, t in enumerate(phones, 1)
-        ]
-        source = root / "tokens.json"
-        source.write_text(json.dumps(entries, indent=1))
-        command = [
-            sys.executable,
-            "-m",
-            "edgebell",
-            "cloud",
-            "sign-tokens",
-            str(source),
-            "--key",
-            str(self.pki.token_list_key.private_key),
-            "--gateway",
-            GATEWAY_ID,
-        ]
-        result = subprocess.run(
-            command, capture_output=True, text=True, timeout=_TIMEOUT, check=True
-        )
-        jws = result.stdout.strip()
-        say("      $ edgebell cloud sign-tokens tokens.json --key token-list.key \\")
-        say(f"          --gateway {GATEWAY_ID}")
-        say(f"      {result.stderr.strip()}: {jws[:40]}…")
-        # The cloud's current list: published retained, and its answer to the gateway's hello.
-        self.ver = self.peer.set_list(GATEWAY_ID, jws)
-        say(f"      Published retained on {P}/tokens at {self.broker.url}; the cloud also")
-        say(f"      answers the gateway's {P}/hello with it.")
+    def ver(self) -> int:
+        ver: int = self.registry.api("GET", f"/v1/gateways/{GATEWAY_ID}").document["ver"]
+        return ver
 
-    def wait_in_use(self, daemon: DaemonProcess, say: Callable[[str], None]) -> None:
-        status = daemon.wait_status(lambda s: s["tokens"]["ver"] == self.ver, _TIMEOUT)
+    def wait_in_use(self, daemon: DaemonProcess, say: Say) -> None:
+        ver = self.ver()
+        status = daemon.wait_status(lambda s: s["tokens"]["ver"] == ver, _TIMEOUT)
         say(f"      The daemon connected with its client certificate (CN {GATEWAY_ID}), got the")
-        say("      retained list, verified its Ed25519 signature with cloud.token_list_key")
-        say(f"      and now uses list ver {self.ver}: {status['tokens']['count']} phones.")
+        say("      registry's list, verified its Ed25519 signature with cloud.token_list_key")
+        say(f"      and now uses list ver {ver}: {status['tokens']['count']} phones.")
 
-    def show_events(self, say: Callable[[str], None]) -> None:
-        """What the cloud heard from the gateway, tokens shortened."""
-        say(f"      What the cloud received on {P}/...:")
-        for message in self.peer.messages():
-            kind = message.topic[len(P) + 1 :]
-            if kind == "tokens":
-                continue
-            document = message.json()
-            if isinstance(document, dict) and isinstance(document.get("token"), str):
-                document["token"] = short_token(document["token"])
-            text = json.dumps(document, ensure_ascii=False, separators=(",", ":"))
-            say(f"        {kind:<9} {text if len(text) <= 100 else text[:99] + '…'}")
+    def wait_dropped(self, gone: str, daemon: DaemonProcess, say: Say) -> None:
+        """The registry removes the dead token; the gateway takes the list without it."""
+        deadline = time.monotonic() + _TIMEOUT
+        while not self.registry.api("GET", "/v1/removed").document["removed"]:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the registry did not remove the dead token")
+            time.sleep(0.05)
+        say(f"      The gateway reported {short_token(gone)} on {P}/feedback; the registry")
+        say("      checked it was in this gateway's list and that Apple's verdict is newer")
+        say("      than the phone's registration, removed it and published a new list:")
+        self.call(say, "GET", "/v1/removed")
+        ver = self.ver()
+        status = daemon.wait_status(lambda s: s["tokens"]["ver"] == ver, _TIMEOUT)
+        say(f"      The daemon now uses list ver {ver}: {status['tokens']['count']} phones.")
+
+    def show_events(self, say: Say) -> None:
+        """What the registry made of the gateway's ring and delivery reports."""
+        deadline = time.monotonic() + _TIMEOUT
+        while True:
+            rings = self.registry.api("GET", f"/v1/gateways/{GATEWAY_ID}/events").document["rings"]
+            if all(r["delivery"] and r["delivery"]["final"] for r in rings) or (
+                time.monotonic() > deadline
+            ):
+                break
+            time.sleep(0.05)
+        say(f"      The registry's record of the rings (GET /v1/gateways/{GATEWAY_ID}/events):")
+        for r in reversed(rings):
+            say(f"        {r['button']:<6} {r['summary']}")

@@ -25,3 +25,8 @@ def test_demo_shows_pushes_discovery_and_the_ring_in_home_assistant(tmp_path: Pa
     assert "Rings as they reached Home Assistant" in out
     assert "edgebell/gw-test/front/event ring" in out
     assert "home asst  connected" in out
+    # The token registry's loop: registered over the API, shared, the dead token dropped.
+    assert "gw-test shared with bob: every button" in out
+    assert "GET /v1/removed" in out
+    assert "back   rang at" in out
+    assert "reached 2 of 2 phones" in out
