@@ -237,6 +237,25 @@ def rows(results: dict[str, Any]) -> list[Row]:
                 None,
             ),
         ]
+    for run in _registry_runs(results):
+        share, dead = run["share_to_list_ms"], run["feedback_to_list_ms"]
+        out += [
+            Row(
+                "8",
+                f"registry ({run['database']}, {run['gateways']:,} gateways × 10 phones):"
+                " share / dead-token feedback → new list on the broker, p50 (p99)",
+                "—",
+                f"{share['p50']} ms ({share['p99']}) / {dead['p50']} ms ({dead['p99']})",
+                None,
+            ),
+            Row(
+                "8",
+                f"registry ({run['database']}) memory",
+                "—",
+                f"{run['memory_after_mb']['rss']} MiB RSS",
+                None,
+            ),
+        ]
     return out
 
 
@@ -428,7 +447,24 @@ def _details(results: dict[str, Any]) -> list[str]:
     else:
         out += [results.get("fleet_pending", "Not measured in this run."), ""]
     out += ["## 7. Home Assistant", "", *home_assistant_section(results)]
+    out += ["## 8. Token registry", "", *registry_section(results)]
     return out
+
+
+def _registry_runs(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """``registry``: one run (registry.py --json) or one per database (run_all.py)."""
+    runs = results.get("registry") or []
+    return runs if isinstance(runs, list) else [runs]
+
+
+def registry_section(results: dict[str, Any]) -> list[str]:
+    runs = _registry_runs(results)
+    if not runs:
+        return [results.get("registry_pending", "Not measured in this run."), ""]
+    import registry as registry_bench
+
+    lines: list[str] = registry_bench.render(runs)
+    return lines
 
 
 def home_assistant_section(results: dict[str, Any]) -> list[str]:

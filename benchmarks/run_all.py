@@ -6,7 +6,7 @@
 ``scripts/bench`` sets the machine up and runs this. ``--quick`` runs every item small
 (seconds, for checking the harness; its figures are not the issue's) and, like
 ``--only`` (a comma-separated subset of ring,household,fanout,drain,footprint,fleet,
-home_assistant),
+home_assistant,registry),
 leaves docs/benchmarks.md alone unless ``--doc`` names a file. ``--from-json`` renders
 the table and the document again from the raw results an earlier ``--json`` wrote.
 """
@@ -31,6 +31,7 @@ import fleet
 import footprint
 import ha_latency
 import outbox_drain
+import registry as registry_bench
 import report
 import ring_latency
 from common import HERE, machine
@@ -38,7 +39,16 @@ from common import HERE, machine
 from edgebell import __version__
 from testkit.mosquitto import mosquitto_binary
 
-ITEMS = ("ring", "household", "fanout", "drain", "footprint", "fleet", "home_assistant")
+ITEMS = (
+    "ring",
+    "household",
+    "fanout",
+    "drain",
+    "footprint",
+    "fleet",
+    "home_assistant",
+    "registry",
+)
 DOC = HERE.parent / "docs" / "benchmarks.md"
 
 
@@ -134,6 +144,17 @@ def run(items: tuple[str, ...], quick: bool) -> dict[str, Any]:
             rings = 20 if small else 200
             _say(f"7/7 Home Assistant: {rings} rings, event at the subscriber beside APNs")
             results["home_assistant"] = ha_latency.measure(rings)
+    if "registry" in items:
+        if mosquitto_binary() is None:
+            _say("8/8 token registry: skipped, mosquitto is not installed (scripts/setup does)")
+            results["registry_pending"] = "Not measured: mosquitto was not installed."
+        else:
+            gateways, samples = (500, 20) if small else (10_000, 200)
+            _say(f"8/8 token registry: {gateways:,} gateways x 10 phones, SQLite and PostgreSQL")
+            results["registry"] = [
+                registry_bench.measure(gateways, samples),
+                registry_bench.measure(gateways, samples, postgres=True),
+            ]
     return results
 
 

@@ -30,6 +30,7 @@ RUNS = {
     ],
     "fleet": ["fleet.py", "--gateways", "3", "--rounds", "2"],
     "home_assistant": ["ha_latency.py", "--rings", "3"],
+    "registry": ["registry.py", "--gateways", "20", "--samples", "3"],
 }
 
 
@@ -109,6 +110,14 @@ def test_home_assistant_latency_beside_apns_in_one_run(results: dict[str, Any]) 
     assert home["frame_to_apns_request_ms"]["n"] == 3
 
 
+def test_registry_times_shares_and_feedback_to_the_new_list(results: dict[str, Any]) -> None:
+    registry = results["registry"]
+    assert (registry["gateways"], registry["phones"]) == (20, 200)
+    assert registry["share_to_list_ms"]["n"] == registry["feedback_to_list_ms"]["n"] == 3
+    assert registry["removed"] == 3
+    assert registry["memory_after_mb"]["rss"] > 0
+
+
 def test_report_renders_every_item_against_its_target(
     results: dict[str, Any], tmp_path: Path
 ) -> None:
@@ -137,6 +146,7 @@ def test_report_renders_every_item_against_its_target(
         "## 3. Sustained fan-out",
         "## 6. Fleet",
         "## 7. Home Assistant",
+        "## 8. Token registry",
     ):
         assert heading in text
     assert "≤ 150 ms" in text

@@ -166,10 +166,11 @@ class Operations:
         def work(tx: Tx) -> Change:
             rows = tx.execute("SELECT owner FROM gateways WHERE id = ?", (gateway,))
             previous = rows[0][0] if rows else None
-            if actor is not None and actor != (previous or owner):
-                raise (
-                    NotFound(f"no gateway {gateway}") if previous else NotFound(f"no user {owner}")
-                )
+            # A user may create a gateway of their own, and give away only one they own.
+            if actor is not None and previous is not None and actor != previous:
+                raise NotFound(f"no gateway {gateway}")
+            if actor is not None and previous is None and actor != owner:
+                raise NotFound(f"no user {owner}")
             known = tx.lock("users", [owner] + ([previous] if previous else []))
             if owner not in known:
                 raise NotFound(f"no user {owner} (a user exists once they register a phone)")

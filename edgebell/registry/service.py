@@ -78,6 +78,7 @@ class RegistryService:
     async def change(self, fn: Callable[..., Change], *args: Any) -> dict[str, Any]:
         """Run a changing operation, publish the lists it changed; the API's answer."""
         change = await self.call(fn, *args)
+        log.info("%s", change.detail)  # tokens in details are shortened already
         lists = []
         for published in change.lists:
             sent = await self.publish(published.gateway)
@@ -253,7 +254,15 @@ class RegistryService:
 
     async def status(self) -> dict[str, Any]:
         unpublished = await self.call(self.ops.unpublished_count)
+        # What keeps gateways' lists from being true, each with what to do about it.
+        problems = []
+        if self.broker is None:
+            problems.append("not connected to the MQTT broker: lists are kept, not published")
+        if unpublished:
+            problems.append(f"{unpublished} lists not published yet (sent once connected)")
         return {
+            "state": "degraded" if problems else "healthy",
+            "problems": problems,
             "version": __version__,
             "uptime_s": round(self._clock() - self.started_at, 1),
             "database": self.ops.db.url,
