@@ -135,3 +135,25 @@ def test_a_hello_from_an_unknown_gateway_or_broken_is_refused_and_counted(
             )
         )
         assert_nothing_more(peer, "edgebell/gw-stranger/hello")
+
+
+def test_a_change_while_the_broker_is_away_is_published_when_it_is_back(
+    registry: RegistryProcess, registry_broker: MosquittoBroker, observer: CloudPeer
+) -> None:
+    ok(registry.api("PUT", f"/v1/users/alice/phones/{random_token()}", {"env": "sandbox"}))
+    registry_broker.stop()
+    status = registry.wait_for(lambda s: not s["mqtt"]["connected"])
+    assert status["state"] == "degraded"
+    answer = ok(registry.api("PUT", f"/v1/gateways/{GATEWAY_ID}", {"owner": "alice"}))
+    assert answer["lists"][0]["published"] is False
+    ver = answer["lists"][0]["ver"]
+    status = registry.status()
+    assert status["lists_unpublished"] == 1
+    assert any("not published" in p for p in status["problems"])
+
+    registry_broker.start()
+    status = registry.wait_for(lambda s: s["state"] == "healthy", timeout=30)
+    assert status["lists_unpublished"] == 0
+    observer.wait_reconnected(2, timeout=30)
+    observer.wait_for(lambda ms: any(m.topic == f"{P}/tokens" for m in ms), timeout=30)
+    assert ok(registry.api("GET", f"/v1/gateways/{GATEWAY_ID}"))["published_ver"] == ver
