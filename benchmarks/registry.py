@@ -287,7 +287,16 @@ def render(r: dict[str, Any]) -> list[str]:
         "database on disk",
         lambda run: "-" if run["database_mb"] is None else f"{run['database_mb']} MiB",
     )
-    lines.append("")
+    lines += [
+        "",
+        "A change is one transaction (row locks, the list recomputed and signed with Ed25519)"
+        " and one QoS 1 publish whose acknowledgement the registry awaits under the gateway's"
+        " row lock, so that no list on the broker ever goes back to an older `ver`; with"
+        " PostgreSQL each statement is a round trip to the server. The same one-at-a-time"
+        " publishing bounds the catch-up after a start with every list unpublished (a bulk"
+        " import here): about 1.6 to 2.3 ms per gateway.",
+        "",
+    ]
     return lines
 
 
