@@ -352,3 +352,28 @@ def test_reload_moves_to_another_base_topic_and_drops_the_section(
         reload(daemon)
         ha.wait_until(lambda: ha.last("house/bell/availability").payload == b"offline")  # type: ignore[union-attr]
         assert daemon.wait_status(lambda s: s["home_assistant"] is None)["state"] == "healthy"
+
+
+def test_a_home_broker_that_never_answers_does_not_hold_up_the_pushes(
+    ha_gateway_files: GatewayFiles, apns_standin_thread: StandInThread
+) -> None:
+    import socket
+
+    # A black hole on loopback: TCP connects (the kernel's backlog), MQTT never answers.
+    with socket.socket() as hole:
+        hole.bind(("127.0.0.1", 0))
+        hole.listen(16)
+        url = f"mqtt://127.0.0.1:{hole.getsockname()[1]}"
+        edit_config(
+            ha_gateway_files,
+            lambda d: d["home_assistant"].update(url=url, connect_timeout="1s"),
+        )
+        with DaemonProcess(ha_gateway_files) as daemon:
+            for n in range(3):
+                ring_id = ring(daemon)
+                apns_standin_thread.wait_for(lambda s, n=n: len(s.responses) == n + 1)
+                assert apns_standin_thread.responses()[n].json()["edgebell"]["ring_id"] == ring_id
+            status = daemon.wait_status(lambda s: s["home_assistant"]["last_error"] is not None)
+            assert status["home_assistant"]["connected"] is False
+            assert status["home_assistant"]["queued"] == 3
+            assert any(url in p for p in status["problems"])
