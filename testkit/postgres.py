@@ -87,6 +87,11 @@ class PostgresServer:
             "UTF8",
             "--locale=C",
         )
+        self.resume()
+        return self
+
+    def resume(self) -> None:
+        """Start the server on its cluster (after ``start()`` made it, or ``halt()``)."""
         self._run(
             pg_bin("pg_ctl"),
             "start",
@@ -104,7 +109,11 @@ class PostgresServer:
         )
         self.started = True
         self._wait_ready()
-        return self
+
+    def halt(self) -> None:
+        """Stop the server and keep its data: a database that went away for a while."""
+        self._run(pg_bin("pg_ctl"), "stop", "-D", str(self.data), "-m", "fast", "-w")
+        self.started = False
 
     def _wait_ready(self) -> None:
         import psycopg

@@ -64,6 +64,7 @@ def test_register_share_ring_dead_token_dropped_unshare(
     assert settled_ring(registry, gateway, apns) == {alice1, alice2, bob1}
     events = ok(registry.api("GET", f"{GW}/events"))["rings"]
     assert "reached 3 of 3 phones" in events[0]["summary"]
+    assert len(ok(registry.api("GET", f"{GW}/events?limit=1"))["rings"]) == 1
 
     # alice's second phone uninstalled the app: Apple answers 410 for it.
     apns.set(token_errors={alice2: (410, "Unregistered")})

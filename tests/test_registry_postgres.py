@@ -124,3 +124,37 @@ def test_ver_grows_across_instances_whose_clocks_disagree_and_step_back(
     assert len(set(vers)) == len(vers)
     for instance in instances.values():
         instance.db.close()
+
+
+def test_the_database_going_away_answers_503_and_the_registry_carries_on_after(
+    tmp_path: Path,
+    pki: TestPki,
+    registry_broker: MosquittoBroker,
+    registry_identities: dict[str, CertFiles],
+) -> None:
+    with PostgresServer() as server:
+        config, token, port = write_registry_config(
+            tmp_path / "registry",
+            pki=pki,
+            broker=registry_broker,
+            identity=registry_identities["registry"],
+            database=server.create_database(),
+        )
+        with RegistryProcess(config, token, port) as registry:
+            ok(registry.api("PUT", f"/v1/users/alice/phones/{random_token()}", {"env": "sandbox"}))
+            ok(registry.api("PUT", f"/v1/users/bob/phones/{random_token()}", {"env": "sandbox"}))
+            ver = ok(registry.api("PUT", GW, {"owner": "alice"}))["lists"][0]["ver"]
+
+            server.halt()
+            answer = registry.api("PUT", f"{GW}/shares/bob", {})
+            assert answer.status == 503
+            assert "database is unavailable" in answer.document["error"]
+            status = registry.status()
+            assert status["state"] == "degraded"
+            assert any("database is unavailable" in p for p in status["problems"])
+
+            server.resume()
+            shared = ok(registry.api("PUT", f"{GW}/shares/bob", {}))
+            assert shared["lists"][0]["ver"] > ver
+            assert shared["lists"][0]["published"] is True
+            assert registry.status()["state"] == "healthy"

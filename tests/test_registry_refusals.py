@@ -97,6 +97,8 @@ def test_bad_api_calls_are_refused_with_their_status_and_change_nothing(
         (404, "GET", "/v1/gateways/gw-nowhere/events", None, None),
         (404, "POST", "/v1/anything", {}, None),
         (409, "PUT", f"{GW}/shares/alice", {}, None),  # the owner
+        (400, "GET", f"{GW}/events?limit=0", None, None),
+        (400, "GET", f"{GW}/events?since=yesterday", None, None),
     ]
     for status, method, path, body, bearer in calls:
         answer = registry.api(method, path, body, token=bearer)
@@ -117,7 +119,7 @@ def test_bad_api_calls_are_refused_with_their_status_and_change_nothing(
     assert snapshot(registry) == before
     counts = refused(registry)
     assert counts["api: 401"] == 2
-    assert counts["api: 400"] == 15
+    assert counts["api: 400"] == 17
     assert counts["api: 404"] == 7
     assert counts["api: 409"] == 1
 

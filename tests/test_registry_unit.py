@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -301,3 +303,22 @@ def test_config_errors_name_the_line_and_key(tmp_path: Path) -> None:
     path.write_text("signing_key: k\nhttp:\n  listen: 127.0.0.1:8780\n  tokens: x\n")
     with pytest.raises(ConfigError, match=r":4: http.tokens: unknown key"):
         load_registry_config(path)
+
+
+def test_serve_refuses_a_signing_key_that_is_not_ed25519_as_a_config_error(
+    tmp_path: Path, pki: TestPki
+) -> None:
+    path = tmp_path / "registry.yaml"
+    path.write_text(
+        f"database: sqlite:///{tmp_path / 'r.db'}\nsigning_key: {pki.auth_key.private_key}\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "edgebell", "cloud", "serve", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "signing_key" in result.stderr
+    assert "not an Ed25519 private key" in result.stderr

@@ -6,9 +6,9 @@ import json
 import re
 from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
-from edgebell.errors import BadRequest, NotFound, RegistryError
+from edgebell.errors import BadRequest, NotFound, RegistryError, StoreError
 from edgebell.privacy import redact
 from edgebell.registry import model
 from edgebell.registry.auth import Authenticator, AuthRequest, Principal
@@ -67,11 +67,21 @@ async def _delete_share(s: RegistryService, p: Principal, a: dict[str, str], bod
 
 
 async def _events(s: RegistryService, p: Principal, a: dict[str, str], body: Any) -> Any:
-    return await s.call(s.ops.events, p.user, a["gw"])
+    return await s.call(s.ops.events, p.user, a["gw"], _limit(a, 50, 500))
 
 
 async def _removed(s: RegistryService, p: Principal, a: dict[str, str], body: Any) -> Any:
-    return await s.call(s.ops.removed, p.user)
+    return await s.call(s.ops.removed, p.user, _limit(a, 100, 1000))
+
+
+def _limit(arguments: dict[str, str], default: int, most: int) -> int:
+    """``?limit=N`` (1 to ``most``)."""
+    text = arguments.get("limit")
+    if text is None:
+        return default
+    if not text.isdigit() or not 1 <= int(text) <= most:
+        raise BadRequest(f"limit must be a whole number from 1 to {most}")
+    return int(text)
 
 
 async def _status(s: RegistryService, p: Principal, a: dict[str, str], body: Any) -> Any:
@@ -114,6 +124,7 @@ class Api:
                 AuthRequest(request.method, path, request.headers)
             )
             action, arguments = _match(request.method, path)
+            arguments.update(_query(request.target))
             body = _json(request.body)
             result = await action(self._service, principal, arguments, body)
         except RegistryError as exc:
@@ -122,6 +133,9 @@ class Api:
                 "api", str(exc.status), about=f"{request.method} {redact(path)}: {redact(str(exc))}"
             )
             return Response(exc.status, {"error": str(exc)})
+        except StoreError as exc:  # the database is away: try again later, nothing was done
+            self._service.refuse("api", "503", about=str(exc))
+            return Response(503, {"error": f"the registry's database is unavailable: {exc}"})
         return Response(200, result)
 
 
@@ -131,6 +145,18 @@ def _match(method: str, path: str) -> tuple[Action, dict[str, str]]:
         if found and route_method == method:
             return action, {k: unquote(v) for k, v in found.groupdict().items()}
     raise NotFound(f"no such call: {method} {redact(path)}")
+
+
+def _query(target: str) -> dict[str, str]:
+    """The query parameters the calls take (only ``limit``); anything else is an error."""
+    query = urlsplit(target).query
+    if not query:
+        return {}
+    found = dict(parse_qsl(query, keep_blank_values=True))
+    unknown = sorted(set(found) - {"limit"})
+    if unknown:
+        raise BadRequest(f"unknown query parameter {unknown[0]!r} (known: limit)")
+    return found
 
 
 def _json(body: bytes) -> Any:

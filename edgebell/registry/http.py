@@ -28,6 +28,7 @@ _REASONS = {
     404: b"Not Found",
     409: b"Conflict",
     500: b"Internal Server Error",
+    503: b"Service Unavailable",
 }
 
 

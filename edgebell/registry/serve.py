@@ -8,6 +8,7 @@ import logging
 import signal
 
 from edgebell.cloud import tools
+from edgebell.errors import CloudError, ConfigError
 from edgebell.registry.api import Api
 from edgebell.registry.auth import Authenticator
 from edgebell.registry.config import RegistryConfig
@@ -22,7 +23,10 @@ log = logging.getLogger(__name__)
 
 def open_operations(config: RegistryConfig) -> Operations:
     """The database and the signing key of ``config`` (what the CLI's subcommands use too)."""
-    key = tools.load_signing_key(config.signing_key)
+    try:
+        key = tools.load_signing_key(config.signing_key)
+    except CloudError as exc:  # not an Ed25519 key: the config names the wrong file
+        raise ConfigError(str(exc), file=str(config.source), key="signing_key") from exc
     return Operations(open_database(config.database), key, retention=config.retention)
 
 

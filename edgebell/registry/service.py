@@ -18,7 +18,7 @@ from typing import Any, Protocol, TypeVar
 from edgebell import __version__
 from edgebell.cloud import tools, topics
 from edgebell.cloud.messages import Hello, ProviderToken, parse_hello, provider_token_message
-from edgebell.errors import CloudError, EdgebellError
+from edgebell.errors import CloudError, EdgebellError, StoreError
 from edgebell.privacy import short_token
 from edgebell.registry import inbound
 from edgebell.registry.config import FleetApnsConfig
@@ -35,7 +35,7 @@ PRUNE_INTERVAL = 3600.0
 FLEET_INTERVAL = 60.0
 
 
-class NotConnected(EdgebellError):
+class NotConnected(CloudError):
     """The broker is not reachable now; the list stays unpublished and goes out later."""
 
 
@@ -253,9 +253,13 @@ class RegistryService:
             await asyncio.sleep(poll)
 
     async def status(self) -> dict[str, Any]:
-        unpublished = await self.call(self.ops.unpublished_count)
         # What keeps gateways' lists from being true, each with what to do about it.
         problems = []
+        unpublished: int | None = None
+        try:
+            unpublished = await self.call(self.ops.unpublished_count)
+        except StoreError as exc:
+            problems.append(f"the database is unavailable: {exc}")
         if self.broker is None:
             problems.append("not connected to the MQTT broker: lists are kept, not published")
         if unpublished:

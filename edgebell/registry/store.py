@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 from urllib.parse import unquote, urlsplit
 
-from edgebell.errors import ConfigError, EdgebellError
+from edgebell.errors import ConfigError, StoreError
 
 T = TypeVar("T")
 
@@ -89,8 +89,8 @@ CREATE TABLE IF NOT EXISTS fleet (
 """
 
 
-class StoreFailed(EdgebellError):
-    """The database could not be reached or refused a statement."""
+class StoreFailed(StoreError):
+    """The registry's database could not be reached or refused a statement (the API: 503)."""
 
 
 class Tx(Protocol):
@@ -189,15 +189,17 @@ class _SqliteTx:
 
 
 class PostgresDatabase:
-    """A PostgreSQL server shared by every instance; one connection per instance."""
+    """A PostgreSQL server shared by every instance; one connection per instance, opened
+    again when the server restarted or the network dropped it."""
 
     def __init__(self, url: str) -> None:
         import psycopg
 
         self.url = _without_password(url)
+        self._dsn = url
         self._psycopg = psycopg
         try:
-            self._conn = psycopg.connect(url, autocommit=False, connect_timeout=10)
+            self._conn = self._connect()
             with self._conn.transaction():
                 # Two instances starting at once would race on CREATE TABLE IF NOT EXISTS.
                 self._conn.execute("SELECT pg_advisory_xact_lock(7423101)")
@@ -210,17 +212,28 @@ class PostgresDatabase:
             raise StoreFailed(f"cannot use {self.url}: {exc}") from exc
         self._mutex = threading.Lock()
 
+    def _connect(self) -> Any:
+        return self._psycopg.connect(self._dsn, autocommit=False, connect_timeout=10)
+
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Tx]:
+        psycopg = self._psycopg
         with self._mutex:
+            if self._conn.closed or self._conn.broken:
+                try:
+                    self._conn = self._connect()
+                except psycopg.Error as exc:
+                    raise StoreFailed(f"cannot reach {self.url}: {exc}") from exc
             try:
                 with self._conn.transaction():
-                    yield _PostgresTx(self._conn, self._psycopg)
-            except self._psycopg.errors.DeadlockDetected as exc:
+                    yield _PostgresTx(self._conn, psycopg)
+            except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure) as exc:
                 raise Retry(str(exc)) from exc
-            except self._psycopg.errors.SerializationFailure as exc:
-                raise Retry(str(exc)) from exc
-            except self._psycopg.Error as exc:
+            except psycopg.OperationalError as exc:
+                if self._conn.broken:  # the server went away: run it again on a new connection
+                    raise Retry(str(exc)) from exc
+                raise StoreFailed(f"database: {exc}") from exc
+            except psycopg.Error as exc:
                 raise StoreFailed(f"database: {exc}") from exc
 
     def close(self) -> None:
