@@ -27,7 +27,7 @@ from edgebell.privacy import short_token
 from edgebell.registry import lists, model
 from edgebell.registry.inbound import DEAD_STATUSES, DeliveryCounts, FeedbackReport, RingReport
 from edgebell.registry.model import Change, Phone, Published, Share
-from edgebell.registry.store import Database, Tx, run_retrying
+from edgebell.registry.store import Database, Retry, Tx, run_retrying
 
 MAX_PHONES_PER_USER = 100
 MAX_SHARES_PER_GATEWAY = 100
@@ -114,6 +114,8 @@ class Operations:
             old = tx.execute(
                 "SELECT user_id, env, registered_at FROM phones WHERE token = ?", (token,)
             )
+            if old and old[0][0] not in (user, previous):
+                raise Retry("the phone moved to another user meanwhile")  # lock that one too
             if old and tuple(old[0]) == (user, env, at):
                 return Change(f"phone {short_token(token)} of {user}: unchanged")
             if not old or old[0][0] != user:
