@@ -1,7 +1,10 @@
-"""Sustained fan-out: N pushes over one connection, edgebell against aioapns, httpx and h2load.
+"""Sustained fan-out: N pushes over one connection, edgebell against its peers and h2load.
 
-The APNs stand-in runs in a process of its own (``standin_server.py``), each client in
-another (``push_clients.py``), so on a 2-core machine each has a core. Every round runs
+Peers: aioapns and httpx (Python), @parse/node-apn (Node's http2 over nghttp2, the most
+used APNs client; ``benchmarks/node``, installed by ``scripts/bench`` with npm) and
+h2load. The APNs stand-in runs in a process of its own (``standin_server.py``), each
+client in another (``push_clients.py``, ``node/push_node_apn.js``), so on a 2-core
+machine each has a core. Every round runs
 every client once, in a rotating order, against the same stand-in; the figures are
 medians over the rounds, and the ratios are taken within each round (the peers measured
 in the same minute), then their median. h2load (nghttp2, C) sends the same APNs request
@@ -23,6 +26,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import statistics
 import sys
 import time
@@ -46,7 +50,14 @@ from push_clients import CLIENTS, EXPIRATION, PAYLOAD
 from testkit.gateway import KEY_ID, TEAM_ID, TOPIC
 from testkit.pki import TestPki
 
-PEERS = ("h2load", *CLIENTS)
+NODE_APN = HERE / "node" / "push_node_apn.js"
+PEERS = ("h2load", *CLIENTS, "node-apn")
+
+
+def node_apn_installed() -> bool:
+    return shutil.which("node") is not None and (HERE / "node" / "node_modules").is_dir()
+
+
 # A run during which other processes used more than this share of the machine is redone.
 DISTURBED_PCT = 20.0
 MAX_ATTEMPTS = 3
@@ -57,11 +68,12 @@ _H2LOAD_OK = re.compile(r"status codes: (\d+) 2xx")
 
 def run_client(client: str, standin: StandInProcess, pki: TestPki, count: int) -> dict[str, Any]:
     """One client process: its figures, and the stand-in's CPU per request meanwhile."""
+    if client == "node-apn":
+        program = ["node", str(NODE_APN)]
+    else:
+        program = [PYTHON, str(HERE / "push_clients.py"), "--client", client]
     command = [
-        PYTHON,
-        str(HERE / "push_clients.py"),
-        "--client",
-        client,
+        *program,
         "--url",
         standin.url,
         "--ca",

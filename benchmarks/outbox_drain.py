@@ -8,6 +8,10 @@ from the first to the last request at APNs, the time from APNs being back to the
 request (this includes the daemon's reconnect backoff, at most ``apns.retry_max``), the
 time until the outbox is empty on disk, and the daemon's CPU per push while draining.
 
+Also here (``fanouts``): the daemon's RSS after three fan-outs of one ring each to
+3,000 phones, all answered by the stand-in, against its RSS before them: what the
+engine keeps once the work is done.
+
     .venv/bin/python benchmarks/outbox_drain.py [--rows 10000] [--json]
 """
 
@@ -31,6 +35,7 @@ from common import (
     wait_until,
 )
 
+from edgebell import control
 from testkit.fake_receiver import FakeReceiver
 from testkit.gateway import (
     FRONT_FRAME,
@@ -104,7 +109,56 @@ def measure(rows: int) -> dict[str, Any]:
             "queued": round(queued_rss, 1),
             "peak": round(peak_rss, 1),
         },
+        # The daemon memory one waiting push costs, 10,000 of them queued.
+        "kib_per_queued_push": round((queued_rss - idle_rss) * 1024 / rows, 2),
         "machine": machine(),
+    }
+
+
+def fanouts(phones: int = 3000, rings: int = 3) -> dict[str, Any]:
+    """RSS of the daemon before and after ``rings`` rings to ``phones`` phones, answered."""
+    root = scratch("edgebell-fanouts-")
+    pki = bench_pki(root)
+    with (
+        StandInProcess(pki) as standin,
+        FakeReceiver(root / "ttyRF", answer_pings=True) as receiver,
+    ):
+        files = write_config(
+            root,
+            port=str(receiver.path),
+            apns_url=standin.url,
+            ca_file=pki.ca.cert,
+            auth=token_auth(pki.auth_key),
+            tokens=[random_token() for _ in range(phones)],
+            overrides={"log_level": "info"},
+        )
+        daemon = DaemonProcess(files)
+        daemon.start(timeout=120)
+        try:
+            assert daemon.proc is not None
+            pid = daemon.proc.pid
+            daemon.wait_status(lambda s: s["radio"]["connected"] and s["apns"]["connected"])
+            before = proc_rss_mb(pid)
+            took = []
+            for n in range(1, rings + 1):
+                started = time.monotonic()
+                # As `edgebell ring` does: no debounce or cooldown between the rings.
+                answer = control.request(
+                    files.control_socket, {"cmd": "ring", "button": "front"}, timeout=30
+                )
+                assert answer["ok"], answer
+                standin.call("wait", count=phones * n, timeout=120)
+                daemon.wait_status(lambda s: s["outbox"]["pending"] == 0, timeout=60)
+                took.append(round(time.monotonic() - started, 3))
+            after = proc_rss_mb(pid)
+            peak = proc_rss_mb(pid, "VmHWM")
+        finally:
+            daemon.stop()
+    return {
+        "phones": phones,
+        "rings": rings,
+        "rss_mb": {"before": round(before, 1), "after": round(after, 1), "peak": round(peak, 1)},
+        "ring_s": took,
     }
 
 
@@ -114,6 +168,7 @@ def main() -> int:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     result = measure(args.rows)
+    result["fanouts"] = fanouts()
     if args.json:
         print(json.dumps(result, indent=2))
         return 0

@@ -107,9 +107,21 @@ def rows(results: dict[str, Any]) -> list[Row]:
         cpu = [f"edgebell {edgebell['cpu_us_per_push']['median']} µs"]
         cpu += [
             f"{peer} {clients[peer]['cpu_us_per_push']['median']} µs"
-            for peer in ("aioapns", "httpx")
+            for peer in ("node-apn", "aioapns", "httpx")
             if peer in clients
         ]
+        if "node-apn" in clients:
+            mine = edgebell["cpu_us_per_push"]["median"]
+            node = clients["node-apn"]["cpu_us_per_push"]["median"]
+            out.append(
+                Row(
+                    "3",
+                    "client CPU per 1,000 pushes, edgebell vs @parse/node-apn, same run",
+                    "no higher than node-apn",
+                    f"{mine / 1000:.3f} CPU-s vs {node / 1000:.3f} CPU-s",
+                    mine <= node,
+                )
+            )
         out.append(
             Row(
                 "3",
@@ -155,6 +167,29 @@ def rows(results: dict[str, Any]) -> list[Row]:
                 None,
             ),
         ]
+        per_push = drain.get("kib_per_queued_push")
+        if per_push is not None:
+            out.append(
+                Row(
+                    "5",
+                    f"daemon memory per queued push ({drain['rows']:,} queued)",
+                    "≤ 1 KiB",
+                    f"{per_push} KiB",
+                    per_push <= 1.0,
+                )
+            )
+        fan = drain.get("fanouts")
+        if fan:
+            after = fan["rss_mb"]["after"]
+            out.append(
+                Row(
+                    "5",
+                    f"daemon RSS after {fan['rings']} fan-outs to {fan['phones']:,} phones",
+                    "≤ 55 MB (52.5 MiB)",
+                    f"{after} MiB (before {fan['rss_mb']['before']})",
+                    after <= 55e6 / 2**20,
+                )
+            )
     footprint = results.get("footprint")
     if footprint:
         m = footprint["idle_memory_mb"]
@@ -369,6 +404,14 @@ def _details(results: dict[str, Any]) -> list[str]:
             e = fanout["clients"]["edgebell"]["cpu_us_per_push"]["median"]
             a = fanout["clients"]["aioapns"]["cpu_us_per_push"]["median"]
             out.append(f"- client CPU per push, aioapns ÷ edgebell: **{a / e:.2f}×**")
+        if "node-apn" in fanout["clients"]:
+            e = fanout["clients"]["edgebell"]["cpu_us_per_push"]["median"]
+            n = fanout["clients"]["node-apn"]["cpu_us_per_push"]["median"]
+            out.append(
+                f"- client CPU per 1,000 pushes: edgebell **{e / 1000:.3f} CPU-s**,"
+                f" @parse/node-apn **{n / 1000:.3f} CPU-s** (its process: Node's http2 and"
+                " nghttp2 in C, its own JWT and JSON)"
+            )
         out.append("")
     drain = results.get("drain")
     if drain:
@@ -389,6 +432,23 @@ def _details(results: dict[str, Any]) -> list[str]:
             " path: outbox rows, retries bookkeeping, SQLite deletes, APNs client)",
             f"- daemon RSS: {rss['idle_with_tokens']} MiB idle with {drain['rows']:,} tokens,"
             f" {rss['queued']} MiB with {drain['rows']:,} rows queued, peak {rss['peak']} MiB",
+            *(
+                [f"- a queued push costs **{drain['kib_per_queued_push']} KiB** of daemon memory"]
+                if "kib_per_queued_push" in drain
+                else []
+            ),
+            *(
+                [
+                    f"- {drain['fanouts']['rings']} rings, each to"
+                    f" {drain['fanouts']['phones']:,} phones, all answered (seconds per ring:"
+                    f" {', '.join(str(t) for t in drain['fanouts']['ring_s'])}): daemon RSS"
+                    f" {drain['fanouts']['rss_mb']['before']} MiB before,"
+                    f" **{drain['fanouts']['rss_mb']['after']} MiB** after"
+                    f" (peak {drain['fanouts']['rss_mb']['peak']} MiB)"
+                ]
+                if "fanouts" in drain
+                else []
+            ),
             "",
         ]
     footprint = results.get("footprint")
@@ -636,10 +696,10 @@ def notes(results: dict[str, Any]) -> list[str]:
         per_row /= drain["rows"]
         out.append(
             f"Outbox drain runs the whole daemon path: {drain['daemon_cpu_us_per_push']} µs of"
-            " daemon CPU per push (the APNs client plus the dispatcher's per-row task, its"
-            " bookkeeping and the SQLite deletes written behind). A queued row costs about"
-            f" {per_row:.1f} KiB of memory while it waits (a notification, an asyncio task and"
-            " its wake-up event per row)."
+            " daemon CPU per push (the APNs client plus the delivery engine's bookkeeping and"
+            " the SQLite deletes written behind). A queued row costs about"
+            f" {per_row:.2f} KiB of memory while it waits (its notification and a slotted row"
+            " in a queue: no task, no event, no timer per row)."
         )
     footprint = results.get("footprint")
     if footprint:

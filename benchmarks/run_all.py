@@ -63,6 +63,12 @@ def _versions() -> str:
             parts.append(f"{package} {importlib.metadata.version(package)}")
         except importlib.metadata.PackageNotFoundError:
             parts.append(f"{package} not installed")
+    lock = HERE / "node" / "node_modules" / "@parse" / "node-apn" / "package.json"
+    if lock.exists():
+        parts.append(f"@parse/node-apn {json.loads(lock.read_text())['version']}")
+    if shutil.which("node"):
+        done = subprocess.run(["node", "--version"], capture_output=True, text=True, check=False)
+        parts.append(f"node {done.stdout.strip()}")
     for tool, flag in (("h2load", "--version"), ("mosquitto", "-h")):
         if shutil.which(tool) or Path(f"/usr/sbin/{tool}").exists():
             done = subprocess.run(
@@ -117,6 +123,9 @@ def run(items: tuple[str, ...], quick: bool) -> dict[str, Any]:
         peers = tuple(p for p in fanout.PEERS if p != "h2load" or shutil.which("h2load"))
         if "h2load" not in peers:
             _say("   h2load not found (apt-get install nghttp2-client): no stand-in ceiling")
+        if not fanout.node_apn_installed():
+            peers = tuple(p for p in peers if p != "node-apn")
+            _say("   node-apn not installed (scripts/bench installs it with npm): not compared")
         count, rounds = (1000, 1) if small else (10_000, 5)
         _say(f"3/7 sustained fan-out: {', '.join(peers)}, {count:,} pushes each, {rounds} rounds")
         results["fanout"] = fanout.measure(count, rounds, peers)
@@ -124,6 +133,7 @@ def run(items: tuple[str, ...], quick: bool) -> dict[str, Any]:
         rows = 1000 if small else 10_000
         _say(f"4/7 outbox drain: {rows:,} rows queued while APNs is down")
         results["drain"] = outbox_drain.measure(rows)
+        results["drain"]["fanouts"] = outbox_drain.fanouts(300 if small else 3000, 3)
     if "footprint" in items:
         idle = 5.0 if small else 60.0
         _say(f"5/7 footprint: idle daemon with 1,000 tokens, {idle:g} s idle, status, imports")

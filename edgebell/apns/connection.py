@@ -8,7 +8,7 @@ import contextlib
 import itertools
 import logging
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Sized
 from typing import Any, ClassVar
 
 import h2.config
@@ -16,6 +16,7 @@ import h2.connection
 import h2.events
 import h2.exceptions
 import h2.settings
+import hpack
 from h2.errors import ErrorCodes
 
 from edgebell.apns.h2_goaway import tolerate_goaway
@@ -28,8 +29,45 @@ __all__ = ["ApnsConnection", "Headers", "Requeued", "Response", "StreamFailed"]
 
 # How long a deliberate close waits for the TLS goodbye before dropping the socket.
 CLOSE_GRACE = 1.0
+# Streams we keep open on one connection at most, whatever the server allows (Apple
+# allows 1,000 once the first request is through).
+MAX_OPEN_STREAMS = 1000
 
 _MAX_CONCURRENT = h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS
+
+
+class _RawEncoder(hpack.Encoder):
+    """hpack's encoder without Huffman coding: what is sent once (then indexed) gains
+    nothing from it, and what differs per push (a hex token, a UUID) shrinks by a
+    quarter at most, about 25 bytes a request, for a Python loop over every byte."""
+
+    def encode(self, headers: Any, huffman: bool = True) -> bytes:
+        return bytes(super().encode(headers, huffman=False))
+
+
+class _CountingH2Connection(h2.connection.H2Connection):
+    """h2's connection, counting open streams from our own table instead of walking h2's.
+
+    ``open_outbound_streams`` is public h2 API; h2 itself reads it once per new stream,
+    and computes it by walking every stream it still knows: at a few hundred streams in
+    flight that walk costs more than the rest of the request. ``ApnsConnection`` knows
+    exactly the streams that are open in the RFC's sense (a stream leaves its table only
+    once closed: answered after our END_STREAM, or reset either way), so that count is
+    returned. h2's own walk is also what forgets closed streams; it still runs, through
+    the same public property, once enough of those have piled up.
+    """
+
+    def __init__(self, config: h2.config.H2Configuration, open_streams: Sized) -> None:
+        super().__init__(config=config)
+        self._edgebell_open = open_streams
+        self.encoder = _RawEncoder()
+
+    @property
+    def open_outbound_streams(self) -> int:
+        count = len(self._edgebell_open)
+        if len(self.streams) > 2 * count + 128:
+            super().open_outbound_streams  # noqa: B018 - h2 forgets closed streams on this walk
+        return count
 
 
 class ApnsConnection(asyncio.Protocol):
@@ -70,6 +108,8 @@ class ApnsConnection(asyncio.Protocol):
         config = h2.config.H2Configuration(
             client_side=True,
             header_encoding=None,
+            # Apple's answers are a status and a few headers, read by our own code only.
+            validate_inbound_headers=False,
             # Our own fixed, lower-case headers: h2's per-request checks would only cost time.
             # Without normalisation h2 also keeps our choice of indexing per header (it would
             # otherwise force "authorization" to never-indexed: the JWT on every request).
@@ -77,12 +117,13 @@ class ApnsConnection(asyncio.Protocol):
             normalize_outbound_headers=False,
         )
         self._streams: dict[int, Stream] = {}  # started and not closed, by stream id
-        self._h2 = h2.connection.H2Connection(config=config)
+        self._h2 = _CountingH2Connection(config, self._streams)
         tolerate_goaway(self._h2)
         self._transport: asyncio.Transport | None = None
         self._waiting: collections.deque[Stream] = collections.deque()
         self._blocked: set[Stream] = set()  # started, body waiting for flow-control window
         self._max_streams = 1  # until the server's SETTINGS say otherwise
+        self._limit = 1  # the lower of that and MAX_OPEN_STREAMS
         self._settled: asyncio.Future[None] = self._loop.create_future()
         self._lost: asyncio.Future[None] = self._loop.create_future()
         self._draining = False  # GOAWAY received, retired or closing: no new streams
@@ -210,7 +251,7 @@ class ApnsConnection(asyncio.Protocol):
         if not self.available:
             raise StreamFailed(self._unavailable_reason(), unprocessed=True)
         stream = Stream(headers, body, self._loop.create_future())
-        if len(self._streams) < self._max_streams and not self._waiting:
+        if len(self._streams) < self._limit and not self._waiting:
             self._start(stream)
             self._flush()  # written now, in this event-loop turn: no flush timer
         else:
@@ -268,7 +309,7 @@ class ApnsConnection(asyncio.Protocol):
     def _release(self) -> None:
         """Start waiting requests while stream slots are free."""
         waiting = self._waiting
-        while waiting and len(self._streams) < self._max_streams and self.available:
+        while waiting and len(self._streams) < self._limit and self.available:
             stream = waiting.popleft()
             if not stream.future.done():
                 self._start(stream)
@@ -449,9 +490,11 @@ class ApnsConnection(asyncio.Protocol):
         changed = event.changed_settings.get(_MAX_CONCURRENT)
         if changed is not None:
             self._max_streams = changed.new_value
+            self._limit = min(self._max_streams, MAX_OPEN_STREAMS)
         elif not self._settled.done():
             # No limit announced: the protocol's is unlimited; h2 counts the same way.
             self._max_streams = self._h2.remote_settings.max_concurrent_streams
+            self._limit = min(self._max_streams, MAX_OPEN_STREAMS)
         if not self._settled.done():
             self._settled.set_result(None)
         if self._blocked:

@@ -27,7 +27,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable, Coroutine, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -119,12 +119,9 @@ class _Row:
     settled: bool = False
     where: int = 0  # _FRESH or _AGAIN while in a link's queue, else 0
     rides: list[str] | None = None  # ring ids collapsed into this push
+    same: _Row | None = None  # the next newer row to the same token (any button)
     stamp: int = 0  # for the agenda
     filed: bool = False
-
-    @property
-    def key(self) -> tuple[str, str]:
-        return self.notification.token, self.notification.button
 
 
 _FRESH, _AGAIN = 1, 2
@@ -139,7 +136,8 @@ class _Lane:
     fresh: collections.deque[_Row] = field(default_factory=collections.deque)
     again: collections.deque[_Row] = field(default_factory=collections.deque)
     connect: asyncio.Task[None] | None = None
-    stamp: int = 0  # for the agenda: the link's next reconnect or end of pause
+    expiry: float | None = None  # the earliest expiry of a row queued while Apple is away
+    stamp: int = 0  # for the agenda: the link's next reconnect, end of pause or expiry
     filed: bool = False
 
     def next_row(self) -> _Row | None:
@@ -153,6 +151,9 @@ class _Lane:
 
     def waiting(self) -> bool:
         return any(r.where and not r.settled for q in (self.fresh, self.again) for r in q)
+
+    def queued(self) -> list[_Row]:
+        return [r for q in (self.fresh, self.again) for r in q if r.where and not r.settled]
 
 
 class Dispatcher:
@@ -187,7 +188,9 @@ class Dispatcher:
         self._ledger = Ledger(on_report, interim_after=interim_after)
         self._agenda: Agenda[_Row | _Lane] = Agenda(self._due, clock)
         self._rows: dict[str, _Row] = {}
-        self._keyed: dict[tuple[str, str], list[_Row]] = {}  # per (token, button), oldest first
+        # Per token, its oldest row; each row links to the next newer one (rarely more than
+        # one: a dict of lists would cost more than the rows' own state).
+        self._by_token: dict[str, _Row] = {}
         self._lanes: dict[str, _Lane] = {}
         self._token_backoff: dict[str, tuple[int, float]] = {}
         self._tasks: set[asyncio.Task[None]] = set()  # requests on the wire, connect attempts
@@ -213,7 +216,7 @@ class Dispatcher:
                 continue
             row = _Row(n, urgent=persist, attempts=n.attempts)
             self._rows[n.apns_id] = row
-            self._keyed.setdefault(row.key, []).append(row)
+            self._link_row(row)
             fresh.append(row)
         if persist and fresh:
             self._store.add([row.notification for row in fresh])
@@ -270,6 +273,21 @@ class Dispatcher:
 
     # -- offline collapse ----------------------------------------------------------------
 
+    def _link_row(self, row: _Row) -> None:
+        head = self._by_token.get(row.notification.token)
+        if head is None:
+            self._by_token[row.notification.token] = row
+            return
+        while head.same is not None:
+            head = head.same
+        head.same = row
+
+    def _same_token(self, token: str) -> Iterator[_Row]:
+        row = self._by_token.get(token)
+        while row is not None:
+            yield row
+            row = row.same
+
     def _waiting(self, key: tuple[str, str], env: str) -> list[_Row]:
         """The rows of one phone and button that may collapse: not on the wire, not doomed.
 
@@ -278,8 +296,9 @@ class Dispatcher:
         """
         return [
             row
-            for row in self._keyed.get(key, ())
-            if not row.on_wire
+            for row in self._same_token(key[0])
+            if row.notification.button == key[1]
+            and not row.on_wire
             and not row.settled
             and row.notification.env == env
             and self._doomed(row.notification) is None
@@ -324,7 +343,9 @@ class Dispatcher:
         (rings that came while it was on the wire) become one with the oldest."""
         if self._collapse is None:
             return
-        waiting = self._waiting(row.key, row.notification.env)
+        waiting = self._waiting(
+            (row.notification.token, row.notification.button), row.notification.env
+        )
         if len(waiting) < 2:
             return
         target = waiting[0]
@@ -385,25 +406,32 @@ class Dispatcher:
         else:
             row.where = _AGAIN
             lane.again.append(row)
-        if lane.link.state is not LinkState.UP:
-            self._agenda.file(row, n.expires_at)  # settled as expired if Apple stays away
+        if lane.link.state is not LinkState.UP and (
+            lane.expiry is None or n.expires_at < lane.expiry
+        ):
+            lane.expiry = n.expires_at  # a sweep settles what expires while Apple is away
         return lane
 
     def _due(self, item: _Row | _Lane) -> None:
         """The agenda's call: a row's wait is over (or it expired), or a link's timer."""
         if isinstance(item, _Lane):
+            if item.expiry is not None and item.expiry <= self._clock():
+                self._sweep(item)
             self._pump(item)
-            return
-        if item.where:  # queued while Apple is away: its expiry came up
-            fate = self._doomed(item.notification)
-            if fate is not None:
-                self._settle(item, fate)
-            else:
-                self._agenda.file(item, item.notification.expires_at)
             return
         lane = self._enqueue(item)
         if lane is not None:
             self._pump(lane)
+
+    def _sweep(self, lane: _Lane) -> None:
+        """Settle the queued rows that expired (or lost their token) while Apple was away."""
+        lane.expiry = None
+        for row in lane.queued():
+            fate = self._doomed(row.notification)
+            if fate is not None:
+                self._settle(row, fate)
+            elif lane.expiry is None or row.notification.expires_at < lane.expiry:
+                lane.expiry = row.notification.expires_at
 
     def _pump(self, lane: _Lane) -> None:
         """Send what the link allows now; file the link's next timer."""
@@ -430,11 +458,15 @@ class Dispatcher:
             row.on_wire = True
             row.urgent = False
             self._spawn(self._attempt(row, n, lane, seq, probe), f"push {n.apns_id}")
+        if link.state is not LinkState.UP and lane.expiry is None:
+            self._sweep(lane)  # rows queued while it was up wait now: watch their expiry
         wake = None
         if link.state is LinkState.DOWN and not link.connecting:
             wake = link.reconnect_at
         elif link.state is LinkState.UP and link.paused_until > now and lane.waiting():
             wake = link.paused_until
+        if lane.expiry is not None:
+            wake = lane.expiry if wake is None else min(wake, lane.expiry)
         if wake is not None:
             self._agenda.file(lane, wake)
 
@@ -636,12 +668,19 @@ class Dispatcher:
     def _forget(self, row: _Row) -> None:
         n = row.notification
         self._rows.pop(n.apns_id, None)
-        same = self._keyed.get(row.key)
-        if same is not None:
-            if row in same:
-                same.remove(row)
-            if not same:
-                del self._keyed[row.key]
+        token = n.token
+        head = self._by_token.get(token)
+        if head is row:
+            if row.same is None:
+                del self._by_token[token]
+            else:
+                self._by_token[token] = row.same
+        else:
+            while head is not None and head.same is not row:
+                head = head.same
+            if head is not None:
+                head.same = row.same
+        row.same = None
 
     # -- status and shutdown -----------------------------------------------------------------
 
