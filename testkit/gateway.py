@@ -7,6 +7,7 @@ subprocess, exactly as systemd would run it.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import secrets
@@ -126,6 +127,17 @@ def write_config(
     return files
 
 
+def _die_with_parent() -> None:
+    """Runs in the daemon's child before exec: SIGKILL it when the test runner dies.
+
+    A runner killed mid-test (a harness's timeout) would leave an orphaned daemon whose
+    receiver keeps reopening its pty's path; once the kernel hands that pty number to
+    another run, the orphan takes it (the port's exclusive lock) and that run fails.
+    """
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)
+
+
 class DaemonProcess:
     """``edgebell run`` as a subprocess, with helpers to wait for it and to drive its CLI."""
 
@@ -144,6 +156,7 @@ class DaemonProcess:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env=self._env,
+            preexec_fn=_die_with_parent,
         )
         if wait_ready:
             self.wait_ready(timeout)
