@@ -11,8 +11,39 @@ from pathlib import Path
 from edgebell.errors import ConfigError
 
 CREDENTIALS_ENV = "CREDENTIALS_DIRECTORY"
-# Where systemd itself looks for ``LoadCredential=NAME`` (systemd.exec(5)), in its order.
-CREDENTIAL_STORES = (Path("/etc/credstore"), Path("/run/credstore"), Path("/usr/lib/credstore"))
+# Where systemd 252 itself looks for ``LoadCredential=NAME`` (systemd.exec(5)), in its order:
+# a key that reaches the service must also be found by ``check-config`` in a root shell.
+CREDENTIAL_STORES = (
+    Path("/etc/credstore"),
+    Path("/run/credstore"),
+    Path("/usr/local/lib/credstore"),
+    Path("/usr/lib/credstore"),
+    Path("/lib/credstore"),
+)
+
+
+def search_places(
+    name: str,
+    *,
+    base_dir: Path,
+    environ: Mapping[str, str],
+    stores: Sequence[Path] = CREDENTIAL_STORES,
+) -> tuple[str, ...]:
+    """Where :func:`resolve_secret_path` looks for a bare ``name``, in order, for messages."""
+    if not is_bare_name(name):
+        return ()
+    credentials = environ.get(CREDENTIALS_ENV, "")
+    first = (
+        f"the service's credentials (${CREDENTIALS_ENV} = {credentials})"
+        if credentials
+        else f"the service's credentials (${CREDENTIALS_ENV} is not set here)"
+    )
+    return (first, str(base_dir), *(str(store) for store in stores))
+
+
+def is_bare_name(text: str) -> bool:
+    """A name without a directory (``edgebell.apns.p8``): looked up as a credential."""
+    return "/" not in text and text not in ("", ".", "..", "~")
 
 
 def resolve_secret_path(
@@ -32,7 +63,7 @@ def resolve_secret_path(
     """
     # Path("./x") would print as "x": look at the text as written to tell a bare name.
     text = os.fspath(path)
-    if "/" not in text and text not in ("", ".", "..", "~"):
+    if is_bare_name(text):
         credentials = environ.get(CREDENTIALS_ENV, "")
         if credentials and os.path.exists(Path(credentials) / text):
             return Path(credentials) / text

@@ -197,7 +197,8 @@ def test_example_check_names_first_missing_file_with_its_line() -> None:
     assert info.value.line == line
     assert info.value.key == "apns.auth.key_file"
     assert str(info.value).startswith(f"{EXAMPLE}:{line}: apns.auth.key_file: ")
-    assert f"{EXAMPLE.parent}/edgebell.apns.p8 does not exist" in str(info.value)
+    assert "APNs auth key edgebell.apns.p8 not found in: " in str(info.value)
+    assert f", {EXAMPLE.parent}, /etc/credstore, /run/credstore, " in str(info.value)
 
 
 def test_minimal_config_loads_with_defaults(write: Write, tmp_path: Path) -> None:
@@ -1011,7 +1012,10 @@ def test_wrong_apns_key_fails(
 def test_missing_apns_key(write: Write, tmp_path: Path) -> None:
     path = write(MINIMAL + BUTTON)
     assert check_error(path) == (
-        f"{path}:11: apns.auth.key_file: APNs auth key {tmp_path / 'AuthKey.p8'} does not exist"
+        f"{path}:11: apns.auth.key_file: APNs auth key AuthKey.p8 not found in: the service's "
+        f"credentials ($CREDENTIALS_DIRECTORY is not set here), {tmp_path}, /etc/credstore, "
+        "/run/credstore, /usr/local/lib/credstore, /usr/lib/credstore, /lib/credstore "
+        "(keys belong in /etc/credstore, mode 0600: docs/operations.md)"
     )
 
 
@@ -1132,7 +1136,9 @@ def test_apns_ca_file_checked(write: Write, tmp_path: Path) -> None:
     path = write(text + BUTTON)
     assert (
         check_error(path)
-        == f"{path}:10: apns.ca_file: CA file {tmp_path / 'test-ca.pem'} does not exist"
+        == f"{path}:10: apns.ca_file: CA file test-ca.pem not found in: the service's credentials "
+        f"($CREDENTIALS_DIRECTORY is not set here), {tmp_path}, /etc/credstore, /run/credstore, "
+        "/usr/local/lib/credstore, /usr/lib/credstore, /lib/credstore"
     )
     write_file(
         tmp_path / "test-ca.pem",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -105,7 +106,21 @@ class _Checker:
         try:
             return read_secret(path, what=what) if secret else read_file(path, what=what)
         except ConfigError as exc:
-            raise self.fail(key, exc.message) from exc
+            raise self.unreadable(key, path, what, exc, secret=secret) from exc
+
+    def unreadable(
+        self, key: str, path: Path, what: str, exc: ConfigError, *, secret: bool = True
+    ) -> ConfigError:
+        places = self.config.searched.get(path)
+        if places and not os.path.exists(path):
+            # The last fallback alone would hide that the service's credentials and
+            # systemd's stores were looked in too: name every place, in order.
+            hint = " (keys belong in /etc/credstore, mode 0600: docs/operations.md)"
+            return self.fail(
+                key,
+                f"{what} {path.name} not found in: {', '.join(places)}{hint if secret else ''}",
+            )
+        return self.fail(key, exc.message)
 
     def apns_key(self, path: Path) -> None:
         key_name = "apns.auth.key_file"
@@ -130,7 +145,9 @@ class _Checker:
             try:
                 passphrase = read_passphrase(auth.passphrase_file)
             except ConfigError as exc:
-                raise self.fail("apns.auth.passphrase_file", exc.message) from exc
+                raise self.unreadable(
+                    "apns.auth.passphrase_file", auth.passphrase_file, "passphrase file", exc
+                ) from exc
         # The certificate file holds the private key too, so it is a secret.
         data = self.read(key_name, path, "APNs certificate", secret=True)
         if b"-----BEGIN" in data:

@@ -45,7 +45,7 @@ from edgebell.errors import ConfigError
 from edgebell.privacy import short_token
 from edgebell.radio.decoders import default_baudrate
 from edgebell.radio.keys import PROTOCOLS, ButtonKey, key_from_match
-from edgebell.secrets import resolve_secret_path
+from edgebell.secrets import resolve_secret_path, search_places
 from edgebell.tokens import MIN_TOKEN_HEX, is_device_token
 
 TOP_KEYS = (
@@ -182,6 +182,7 @@ class _Loader:
         self.doc = doc
         self.base_dir = base_dir
         self.environ = environ
+        self.searched: dict[Path, tuple[str, ...]] = {}
 
     def config(self, root: yaml.Node, source: Path) -> Config:
         if not isinstance(root, yaml.MappingNode):
@@ -237,6 +238,7 @@ class _Loader:
                 None if ha_node is None else home_assistant_section(self, ha_node, gateway.id)
             ),
             lines=MappingProxyType(dict(self.doc.lines)),
+            searched=MappingProxyType(self.searched),
         )
 
     def gateway(self, node: yaml.Node) -> GatewayConfig:
@@ -620,7 +622,12 @@ class _Loader:
     def file(self, node: yaml.Node, path: str) -> Path:
         """A file the config names; a bare name may come from $CREDENTIALS_DIRECTORY."""
         text = self.doc.text(node, path)
-        return resolve_secret_path(text, base_dir=self.base_dir, environ=self.environ)
+        resolved = resolve_secret_path(text, base_dir=self.base_dir, environ=self.environ)
+        if not os.path.exists(resolved):
+            places = search_places(text, base_dir=self.base_dir, environ=self.environ)
+            if places:
+                self.searched[resolved] = places
+        return resolved
 
     def path(self, node: yaml.Node, path: str) -> Path:
         """A directory or socket path; relative ones are relative to the config file."""

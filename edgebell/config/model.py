@@ -233,6 +233,10 @@ class Config:
     lines: Mapping[str, int] = field(
         default_factory=lambda: MappingProxyType({}), compare=False, repr=False
     )
+    # A bare file name found nowhere: the places it was looked for, so the error names them all.
+    searched: Mapping[Path, tuple[str, ...]] = field(
+        default_factory=lambda: MappingProxyType({}), compare=False, repr=False
+    )
 
     def error_at(self, key: str, message: str) -> ConfigError:
         """A ConfigError located at ``key`` (``apns.auth.key_file``) in the config file."""
