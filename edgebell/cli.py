@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 EXIT_OK = 0
 EXIT_FAILED = 1  # degraded status, ring refused, a test push not delivered
 EXIT_CONFIG = 2
-EXIT_NOT_RUNNING = 3  # `status` only: the other commands fail (1) when no daemon runs
+EXIT_NOT_RUNNING = 3  # `status` and `reload`: the other commands fail (1) when no daemon runs
 EXIT_CANNOT_TELL = 4  # `status` only: no permission to ask, no answer, no config to find it by
 
 
@@ -51,6 +51,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     p = sub.add_parser("ring", parents=[common], help="ring as if BUTTON were pressed")
     p.add_argument("button", help="button id from the configuration")
+    sub.add_parser(
+        "reload",
+        parents=[common],
+        help="make the running daemon re-read its configuration; fails if it refuses the file",
+    )
     p = sub.add_parser("test-push", parents=[common], help="push a test notification now")
     p.add_argument(
         "--token",
@@ -117,7 +122,7 @@ def _main(args: argparse.Namespace, out: TextIO) -> int:
         return EXIT_CONFIG
     except NotRunningError as exc:
         print(f"edgebell: {exc}", file=sys.stderr)
-        return EXIT_NOT_RUNNING if args.command == "status" else EXIT_FAILED
+        return EXIT_NOT_RUNNING if args.command in ("status", "reload") else EXIT_FAILED
     except ControlError as exc:  # the daemon runs but does not answer, or answers nonsense
         print(f"edgebell: {exc}", file=sys.stderr)
         return EXIT_FAILED
@@ -167,6 +172,10 @@ def _dispatch(args: argparse.Namespace, out: TextIO) -> int:
         return _test_push(answer, args.json, out)
     if command == "learn":
         return _learn(sock, out)
+    if command == "reload":
+        from edgebell.reload_client import reload
+
+        return reload(sock, out)
     raise AssertionError(command)
 
 

@@ -1,4 +1,4 @@
-"""The control socket's commands (ping, status, ring, test-push, learn), run against the daemon."""
+"""The control socket's commands (status, ring, test-push, learn, reload ...), run by the daemon."""
 
 from __future__ import annotations
 
@@ -40,6 +40,7 @@ class ControlCommands:
             "test-push": self._cmd_test_push,
             "learn": self._cmd_learn,
             "ping": self._cmd_ping,
+            "reload": self._cmd_reload,
         }
 
     # -- learn ----------------------------------------------------------------------------------
@@ -86,6 +87,18 @@ class ControlCommands:
             known = ", ".join(b.id for b in self._daemon.tracker.buttons) or "none configured"
             return {"ok": False, "error": f"unknown button {button_id!r} (buttons: {known})"}
         return {"ok": True, "ring_id": ring.ring_id, "button": ring.button}
+
+    async def _cmd_reload(self, request: JSON) -> JSON:
+        """Re-read the config file now (as SIGHUP does) and answer with the verdict.
+
+        ``edgebell reload`` (the unit's ExecReload=) waits for this answer, so a file the
+        daemon refuses makes ``systemctl reload`` fail instead of looking like success.
+        """
+        taken = self._daemon.reload()
+        state = self._daemon.config_state
+        if not taken:
+            return {"ok": False, "file": state.file, "error": state.reload_error}
+        return {"ok": True, "file": state.file, "restart_needed": list(state.restart_needed)}
 
     async def _cmd_test_push(self, request: JSON) -> JSON:
         token = request.get("token")

@@ -154,3 +154,49 @@ def test_a_key_file_others_may_read_is_refused_at_reload(
     assert f"chmod 600 {exposed}" in status["config"]["reload_error"]
     assert status["state"] == "degraded"
     assert daemon.stop(signal.SIGTERM) == 0
+
+
+# -- edgebell reload (the unit's ExecReload=): the verdict as an exit code -----------------------
+
+
+def test_reload_command_applies_and_exits_0(
+    daemon: DaemonProcess, gateway_files: GatewayFiles, rflink_receiver: FakeReceiver
+) -> None:
+    def change(data: dict[str, Any]) -> None:
+        data["buttons"][0]["name"] = "Main entrance"
+        data["radio"]["port"] = "/dev/serial/by-id/usb-other-receiver"  # needs a restart
+
+    edit_config(gateway_files, change)
+    result = daemon.cli("reload")
+    assert result.returncode == 0, result.stderr
+    assert f"reloaded {gateway_files.config}" in result.stdout
+    assert "applied only at the next restart (systemctl restart edgebell): radio.port" in (
+        result.stdout
+    )
+    status = daemon.status()
+    assert status["config"]["reload_error"] is None
+    assert status["config"]["restart_needed"] == ["radio.port"]
+
+
+def test_reload_command_refused_exits_1_with_the_reason(
+    daemon: DaemonProcess,
+    gateway_files: GatewayFiles,
+    apns_standin_thread: StandInThread,
+    phones: list[str],
+) -> None:
+    good = gateway_files.config.read_text()
+    gateway_files.config.write_text(good.replace("cooldown: 10s", "cooldown: ten seconds"))
+    result = daemon.cli("reload")
+    assert result.returncode == 1
+    assert "reload refused, still running the previous configuration:" in result.stderr
+    assert "radio.cooldown" in result.stderr
+    assert daemon.status()["state"] == "degraded"
+    # The old configuration keeps ringing.
+    assert daemon.cli("ring", "front").returncode == 0
+    apns_standin_thread.wait_for(lambda s: len(s.received) >= len(phones), timeout=10)
+
+
+def test_reload_command_without_a_daemon_exits_3(gateway_files: GatewayFiles) -> None:
+    result = DaemonProcess(gateway_files).cli("reload")
+    assert result.returncode == 3
+    assert "not running" in result.stderr

@@ -139,16 +139,19 @@ def test_uninstall_removes_the_program_and_keeps_config_until_purged(
 
 
 def checkable_unit(staged: Staged, tmp_path: Path) -> Path:
-    """The installed unit with ExecStart= pointing at the staged program.
+    """The installed unit with ExecStart= and ExecReload= pointing at the staged program.
 
-    systemd-analyze insists that ExecStart= exists; /opt/edgebell is not installed on the
-    machine running the tests, so that one path is redirected into the staging root.
+    systemd-analyze insists that the commands exist; /opt/edgebell is not installed on the
+    machine running the tests, so those paths are redirected into the staging root.
     """
     text = (staged.root / "etc/systemd/system/edgebell.service").read_text()
     staged_text, count = re.subn(
-        r"^ExecStart=/opt/edgebell/", f"ExecStart={staged.root}/opt/edgebell/", text, flags=re.M
+        r"^(Exec(?:Start|Reload))=/opt/edgebell/",
+        rf"\1={staged.root}/opt/edgebell/",
+        text,
+        flags=re.M,
     )
-    assert count == 1
+    assert count == 2
     unit = tmp_path / "edgebell.service"
     unit.write_text(staged_text)
     return unit

@@ -19,6 +19,7 @@ import serial
 from edgebell.backoff import Backoff
 from edgebell.errors import RadioError
 from edgebell.radio.decoders import StreamDecoder, ping_command
+from edgebell.radio.device_access import why_refused
 from edgebell.radio.events import BadFrame, Frame, RadioEvent
 from edgebell.radio.rflink import Keepalive, PingWatchdog
 
@@ -61,7 +62,11 @@ def open_port(port: str, baudrate: int) -> SerialPort:
             port, baudrate=baudrate, exclusive=True, timeout=0, write_timeout=WRITE_TIMEOUT
         )
     except (OSError, ValueError) as exc:  # SerialException is an OSError
-        raise RadioError(f"cannot open {port}: {_describe(exc)}") from exc
+        reason = _describe(exc)
+        if getattr(exc, "errno", None) == errno.EPERM:
+            cause = why_refused(port)
+            reason = reason if cause is None else f"{reason}: {cause}"
+        raise RadioError(f"cannot open {port}: {reason}") from exc
 
 
 def _describe(exc: BaseException) -> str:
