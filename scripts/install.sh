@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs edgebell as a system service: a virtualenv in /opt/edgebell, the edgebell user
 # (in group dialout for the serial receiver), /etc/edgebell/config.yaml from
-# config/example.yaml if there is none, and the systemd unit, enabled when systemd runs.
+# config/example.yaml if there is none, the USB serial drivers loaded at boot
+# (/etc/modules-load.d/edgebell.conf), and the systemd unit, enabled when systemd runs.
 # Running it again changes nothing that is already right; after `git pull` it upgrades.
 #
 #   scripts/install.sh                 install (as root)
@@ -58,6 +59,7 @@ $purge && ! $uninstall && die "--purge goes with --uninstall"
 prefix=/opt/edgebell                      # paths as the installed system sees them
 unit=/etc/systemd/system/edgebell.service
 sysusers=/etc/sysusers.d/edgebell.conf
+modules=/etc/modules-load.d/edgebell.conf
 link=/usr/local/bin/edgebell
 confdir=/etc/edgebell
 statedir=/var/lib/edgebell
@@ -92,7 +94,7 @@ put() {
 
 if $uninstall; then
     systemctl_here disable --now edgebell.service 2>/dev/null || true
-    rm -f "$root$unit" "$root$sysusers"
+    rm -f "$root$unit" "$root$sysusers" "$root$modules"
     if [ -L "$root$link" ] && [ "$(readlink "$root$link")" = "$prefix/bin/edgebell" ]; then
         rm -f "$root$link"
     fi
@@ -199,6 +201,20 @@ if [ -z "$root" ] && [ "$(stat -c %G "$config")" != "$user" ]; then
     # The service and support staff in group edgebell read it; others do not.
     chgrp "$user" "$config"
     chmod 0640 "$config"
+fi
+
+# DeviceAllow=char-ttyUSB / char-ttyACM are looked up in /proc/devices when the unit starts:
+# a USB serial driver loaded later leaves the receiver refused (EPERM) until a restart.
+# Loading the drivers at boot, before the service, keeps a receiver plugged in later reachable.
+put "$modules" "# Loaded at boot for edgebell.service (see docs/operations.md): its DeviceAllow=char-ttyUSB
+# and char-ttyACM resolve only if these USB serial drivers are loaded before it starts.
+usbserial
+cdc_acm" 0644 || true
+if [ -z "$root" ]; then
+    for module in usbserial cdc_acm; do
+        grep -q "^$module " /proc/modules 2>/dev/null || modprobe -q "$module" 2>/dev/null \
+            || say "could not load the $module driver now (it is loaded at the next boot)"
+    done
 fi
 
 unit_changed=false

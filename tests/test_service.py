@@ -94,6 +94,12 @@ def test_install_stages_the_program_config_unit_and_user(staged: Staged) -> None
     assert 'u edgebell - "edgebell doorbell gateway" /var/lib/edgebell' in sysusers
     assert "m edgebell dialout" in sysusers
     assert "user edgebell not created in a staging root" in staged.output
+    # The USB serial drivers load at boot, before the unit resolves DeviceAllow=char-ttyUSB.
+    modules = (root / "etc/modules-load.d/edgebell.conf").read_text()
+    assert [m for m in modules.splitlines() if m and not m.startswith("#")] == [
+        "usbserial",
+        "cdc_acm",
+    ]
     # The unit's Documentation= is installed with the program.
     documentation = re.search(r"^Documentation=file:(\S+)$", unit.read_text(), re.M)
     assert documentation is not None
@@ -126,6 +132,7 @@ def test_uninstall_removes_the_program_and_keeps_config_until_purged(
             "etc/systemd/system/edgebell.service",
             "etc/systemd/system/multi-user.target.wants/edgebell.service",
             "etc/sysusers.d/edgebell.conf",
+            "etc/modules-load.d/edgebell.conf",
         ):
             assert not os.path.lexists(root / gone), gone
         assert (root / "etc/edgebell/config.yaml").exists()
