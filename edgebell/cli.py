@@ -195,6 +195,15 @@ def _control_socket(path: Path | None) -> Path:
         return load_config(path).control_socket
     except ConfigError as exc:
         source = path or default_config_path()
+        if source.exists() and not os.access(source, os.R_OK):
+            from edgebell.control import group_of
+
+            group = group_of(source)
+            # Not a configuration problem: this user may not know where the daemon listens.
+            raise ControlError(
+                f"permission denied: cannot read {source}; run as root or as a member of group "
+                f"{group} (usermod -aG {group} $USER, then log in again)"
+            ) from exc
         try:
             text = source.read_text(errors="replace")
         except OSError:

@@ -38,7 +38,7 @@ def _connect(path: Path, timeout: float) -> socket.socket:
         s.close()
         raise ControlError(
             f"permission denied on {path}: run as root or as a member of group "
-            f"{_group_of(path)} (usermod -aG {_group_of(path)} $USER, then log in again)"
+            f"{group_of(path)} (usermod -aG {group_of(path)} $USER, then log in again)"
         ) from exc
     except OSError as exc:
         s.close()
@@ -46,7 +46,7 @@ def _connect(path: Path, timeout: float) -> socket.socket:
     return s
 
 
-def _group_of(path: Path) -> str:
+def group_of(path: Path) -> str:
     try:
         return grp.getgrgid(os.stat(path).st_gid).gr_name
     except (OSError, KeyError):

@@ -9,6 +9,8 @@ from edgebell.radio.device_access import char_devices, explain, why_refused
 PROC_DEVICES = """\
 Character devices:
   1 mem
+  4 /dev/vc/0
+  4 tty
   4 ttyS
   5 /dev/tty
 136 pts
@@ -22,7 +24,13 @@ Block devices:
 
 def test_proc_devices_character_section() -> None:
     majors = char_devices(PROC_DEVICES)
-    assert majors == {1: "mem", 4: "ttyS", 5: "/dev/tty", 136: "pts", 188: "ttyUSB"}
+    assert majors == {
+        1: ("mem",),
+        4: ("/dev/vc/0", "tty", "ttyS"),
+        5: ("/dev/tty",),
+        136: ("pts",),
+        188: ("ttyUSB",),
+    }
 
 
 def test_usb_serial_driver_loaded_after_the_service_started() -> None:

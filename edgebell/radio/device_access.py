@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 # The majors of the unit's DeviceAllow= entries and the driver that registers each.
@@ -22,16 +22,29 @@ USB_SERIAL: Mapping[int, tuple[str, str]] = {
 }
 
 
-def char_devices(text: str) -> dict[int, str]:
-    """``/proc/devices``' character section as major -> driver name (``188 -> ttyUSB``)."""
-    majors: dict[int, str] = {}
+def char_devices(text: str) -> dict[int, tuple[str, ...]]:
+    """``/proc/devices``' character section: major -> its names (``4 -> ("tty", "ttyS")``)."""
+    majors: dict[int, tuple[str, ...]] = {}
     for line in text.splitlines():
         if line.startswith("Block devices"):
             break
         number, _, name = line.strip().partition(" ")
         if number.isdigit():
-            majors.setdefault(int(number), name.strip())
+            majors[int(number)] = (*majors.get(int(number), ()), name.strip())
     return majors
+
+
+def _name_of(device: str, names: Sequence[str]) -> str:
+    """The ``/proc/devices`` name DeviceAllow=char-NAME would use for ``device``.
+
+    One major may carry several names (4: ``/dev/vc/0``, ``tty``, ``ttyS``): the longest
+    that starts the device's own name (``ttyS0`` -> ``ttyS``), else the first plain one.
+    """
+    base = os.path.basename(device)
+    matching = [n for n in names if "/" not in n and base.startswith(n)]
+    if matching:
+        return max(matching, key=len)
+    return next((n for n in names if "/" not in n), "")
 
 
 def _proc_devices() -> str:
@@ -61,9 +74,11 @@ def why_refused(
     )
 
 
-def explain(device: str, major: int, registered: Mapping[int, str], *, under_systemd: bool) -> str:
+def explain(
+    device: str, major: int, registered: Mapping[int, Sequence[str]], *, under_systemd: bool
+) -> str:
     """The sentence for EPERM on ``device``, given the drivers registered now."""
-    name, driver = USB_SERIAL.get(major, (registered.get(major, ""), ""))
+    name, driver = USB_SERIAL.get(major, (_name_of(device, registered.get(major, ())), ""))
     label = f"char-{name}, major {major}" if name else f"major {major}"
     if under_systemd:  # started by systemd: the refusal is the unit's
         who = "the unit's DeviceAllow="
