@@ -194,9 +194,19 @@ class Daemon:
             if self._systemd.enabled:
                 # Already while starting: STATUS= then says what start-up is waiting for.
                 tasks.append(asyncio.create_task(self._watchdog(), name="watchdog"))
-            await self._warm_up()
-            self._announce_ready()
-            await self._stop.wait()
+            # SIGTERM while still waiting for the receiver stops now, not after the grace:
+            # `systemctl stop` of a gateway whose receiver is missing must not take 10 s.
+            warm_up = asyncio.create_task(self._warm_up(), name="warm-up")
+            tasks.append(warm_up)
+            stopping = asyncio.create_task(self._stop.wait(), name="stop")
+            try:
+                await asyncio.wait({warm_up, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                if not self._stop.is_set():
+                    warm_up.result()  # its failure, if any, as when it was awaited
+                    self._announce_ready()
+                    await stopping
+            finally:
+                stopping.cancel()
         finally:
             await self._shut_down(control, client, tasks)
         log.info("stopped")

@@ -348,7 +348,7 @@ class Container:
             f"--target={self._leader}",
             "--all",
             "--root",
-            "--wd=/",
+            "--wd",
             "env",
             "-i",
             *environment,

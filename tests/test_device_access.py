@@ -75,3 +75,12 @@ def test_not_a_device_no_sentence(tmp_path: Path) -> None:
     assert why_refused(str(tmp_path / "missing")) is None
     (tmp_path / "file").write_text("")
     assert why_refused(str(tmp_path / "file")) is None
+
+
+def test_without_proc_devices_the_name_comes_from_the_device() -> None:
+    # The service itself runs with ProcSubset=pid: /proc/devices is hidden from it.
+    message = explain("/dev/ttyAMA0", 204, None, under_systemd=True)
+    assert "(char-ttyAMA, major 204): add it with a drop-in" in message
+    assert "DeviceAllow=char-ttyAMA rw" in message
+    usb = explain("/dev/ttyUSB0", 188, None, under_systemd=True)
+    assert "modprobe" not in usb  # whether it is loaded now is unknown

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from fixtures_mqtt import cloud_section
+from fixtures_service import NotifyListener
 
 from edgebell import control
 from testkit.fake_receiver import FakeReceiver
@@ -221,3 +222,34 @@ def test_a_file_at_the_control_socket_path_is_not_deleted(
     assert str(gateway_files.control_socket) in result.stderr
     assert gateway_files.control_socket.read_text() == "not a socket\n"
     assert not gateway_files.state_dir.exists()  # stopped before anything else started
+
+
+def test_sigterm_while_waiting_for_the_receiver_stops_without_announcing_ready(
+    tmp_path: Path,
+    pki: TestPki,
+    apns_standin_thread: StandInThread,
+    phones: list[str],
+    notify_socket: NotifyListener,
+    daemons: list[DaemonProcess],
+) -> None:
+    # The receiver is not plugged in: start-up waits up to 10 s for it before READY=1.
+    files = write_config(
+        tmp_path,
+        port=str(tmp_path / "no-receiver"),
+        apns_url=apns_standin_thread.url,
+        ca_file=pki.ca.cert,
+        auth=token_auth(pki.auth_key),
+        tokens=phones,
+    )
+    daemon = DaemonProcess(files, env=notify_socket.env)
+    daemons.append(daemon)
+    daemon.start(wait_ready=False)
+    notify_socket.wait_for(
+        lambda ms: any("receiver not connected" in m.fields.get("STATUS", "") for m in ms),
+        "STATUS= naming the missing receiver",
+    )
+    assert daemon.stop(signal.SIGTERM) == 0
+    # Stopped while starting: it never claimed to be ready (it used to wait out the grace,
+    # announce READY=1, and only then stop).
+    assert notify_socket.count("READY") == 0
+    assert notify_socket.count("STOPPING") == 1

@@ -11,6 +11,7 @@ says so only at debug level. This module turns that into a sentence a person can
 from __future__ import annotations
 
 import os
+import re
 import stat
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -66,19 +67,30 @@ def why_refused(
     if not stat.S_ISCHR(st.st_mode):
         return None
     try:
-        registered = char_devices(proc_devices())
+        registered: Mapping[int, Sequence[str]] | None = char_devices(proc_devices())
     except OSError:
-        registered = {}
+        registered = None  # ProcSubset=pid hides /proc/devices from the service itself
     return explain(
         device, os.major(st.st_rdev), registered, under_systemd="INVOCATION_ID" in environ
     )
 
 
 def explain(
-    device: str, major: int, registered: Mapping[int, Sequence[str]], *, under_systemd: bool
+    device: str,
+    major: int,
+    registered: Mapping[int, Sequence[str]] | None,
+    *,
+    under_systemd: bool,
 ) -> str:
-    """The sentence for EPERM on ``device``, given the drivers registered now."""
-    name, driver = USB_SERIAL.get(major, (_name_of(device, registered.get(major, ())), ""))
+    """The sentence for EPERM on ``device``, given the drivers registered now (None: unknown)."""
+    if major in USB_SERIAL:
+        name, driver = USB_SERIAL[major]
+    else:
+        driver = ""
+        if registered is not None:
+            name = _name_of(device, registered.get(major, ()))
+        else:  # the kernel's name for it, as the device's own name shows it (ttyS0 -> ttyS)
+            name = re.sub(r"\d+$", "", os.path.basename(device))
     label = f"char-{name}, major {major}" if name else f"major {major}"
     if under_systemd:  # started by systemd: the refusal is the unit's
         who = "the unit's DeviceAllow="
@@ -86,7 +98,8 @@ def explain(
         who = "a device cgroup (a service's or container's DeviceAllow=)"
     what = f"{who} does not cover {device} ({label})"
     if driver:
-        loaded = "" if major in registered else f" (modprobe {driver}; it is not loaded now)"
+        missing = registered is not None and major not in registered
+        loaded = f" (modprobe {driver}; it is not loaded now)" if missing else ""
         return (
             f"{what}: the {driver} driver was not loaded when the service started; "
             f"restart the service after the driver is loaded{loaded}: systemctl restart edgebell"
