@@ -107,7 +107,10 @@ class System:
         before = len(self.standin.received())
         self.frames += 1
         self.receiver.write_line(frame.format(n=self.frames % 256))
-        self.standin.wait_for(lambda s: len(s.received) > before, timeout=DEADLINE)
+        try:
+            self.standin.wait_for(lambda s: len(s.received) > before, timeout=DEADLINE)
+        except AssertionError as exc:
+            pytest.fail(f"{exc}\n{self.status()}\n--- journal ---\n{self.journal()[-4000:]}")
         push: dict[str, Any] = self.standin.received()[before].json()
         return push
 
@@ -156,7 +159,7 @@ def _config(standin: StandInThread, token: str) -> dict[str, Any]:
         "tokens": [{"token": token}],
         "state_dir": "/var/lib/edgebell",
         "control_socket": "/run/edgebell/edgebell.sock",
-        "log_level": "info",
+        "log_level": "debug",  # a failed check's journal then shows every frame read
     }
 
 
