@@ -58,6 +58,8 @@ class Answers:
 
     def __call__(self, push: ReceivedPush) -> None:
         now = time.monotonic_ns()
+        if not push.to_device:
+            return  # the daemon's credentials check at start: no ring's push
         with self._lock:
             self.at.append(now)
 
@@ -92,7 +94,7 @@ def _ring(
     seen = answers.count()
     receiver.write_line(FRONT_FRAME.format(n=n % 256))
     sent_ns = time.monotonic_ns()
-    apns.wait_for(lambda s: len(s.responses) >= seen + tokens, timeout=10)
+    apns.wait_for(lambda s: sum(1 for r in s.responses if r.to_device) >= seen + tokens, timeout=10)
     pushes = apns.responses()[seen : seen + tokens]
     arrivals = sorted(p.received_ns for p in pushes)
     answered = max(answers.since(seen)[:tokens])
