@@ -382,3 +382,23 @@ def test_a_home_broker_that_never_answers_does_not_hold_up_the_pushes(
             assert status["home_assistant"]["connected"] is False
             assert status["home_assistant"]["queued"] == 3
             assert any(url in p for p in status["problems"])
+
+
+def test_apple_refusing_the_key_shows_as_auth_error_in_home_assistant(
+    ha_gateway_files: GatewayFiles, home_assistant: HomeAssistantPeer
+) -> None:
+    edit_config(ha_gateway_files, lambda d: d["apns"]["auth"].update(key_id="WRONGKEY01"))
+    with DaemonProcess(ha_gateway_files):
+        ha = home_assistant
+        ha.wait_until(
+            lambda: (
+                (state := ha.last(f"{BASE}/state")) is not None
+                and state.json()["apns"] == "auth_error"
+            )
+        )
+        state = ha.last(f"{BASE}/state")
+        assert state is not None
+        assert "InvalidProviderToken" in state.json()["apns_error"]
+        sensor = ha.entity("edgebell_gw-test_apns")
+        assert sensor is not None
+        assert "auth_error" in sensor.config["options"]

@@ -6,12 +6,14 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Protocol
 
+from edgebell.apns.credentials import CredentialState
 from edgebell.config.model import Config
 from edgebell.homeassistant.discovery import Button, GatewayState, apns_state
 from edgebell.homeassistant.link import HomeAssistantLink
 
 if TYPE_CHECKING:
     from edgebell.apns.client import ApnsClient
+    from edgebell.apns.credentials import CredentialsCheck
     from edgebell.outbox.dispatcher import Dispatcher
     from edgebell.radio.serial import SerialReceiver
 
@@ -33,17 +35,29 @@ class GatewayParts(Protocol):
     @property
     def receiver(self) -> SerialReceiver | None: ...
 
+    @property
+    def credentials(self) -> CredentialsCheck | None: ...
+
 
 def gateway_state(parts: GatewayParts) -> GatewayState:
     outbox = None if parts.dispatcher is None else parts.dispatcher.status()
     apns = None if parts.client is None else parts.client.status()
+    auth_problem = None if outbox is None else outbox.auth_problem
+    credentials = parts.credentials
+    # Apple refused the key, team or topic at start: auth_error before any ring is lost.
+    if (
+        auth_problem is None
+        and credentials is not None
+        and credentials.state is CredentialState.REFUSED
+    ):
+        auth_problem = credentials.problem()
     return GatewayState(
         queue=0 if outbox is None else outbox.pending,
         apns=apns_state(
             connected=apns is not None and any(apns.connected.values()),
-            auth_problem=None if outbox is None else outbox.auth_problem,
+            auth_problem=auth_problem,
         ),
-        apns_error=None if apns is None else apns.last_error,
+        apns_error=auth_problem or (None if apns is None else apns.last_error),
         receiver=parts.receiver is not None and parts.receiver.status().connected,
     )
 
