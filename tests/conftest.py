@@ -10,11 +10,11 @@ from fixtures_home_assistant import ha_gateway_files, home_assistant, home_broke
 from fixtures_mqtt import cloud, cloud_gateway_files, mqtt_broker, mqtt_identities, signer  # noqa: F401
 from fixtures_radio import fake_receiver, rflink_receiver  # noqa: F401
 from fixtures_registry import (  # noqa: F401
-    gateway,
     observer,
     postgres,
     registry,
     registry_broker,
+    registry_daemon,
     registry_gateway_files,
     registry_identities,
 )

@@ -99,7 +99,7 @@ def registry_gateway_files(
 
 
 @pytest.fixture
-def gateway(registry_gateway_files: GatewayFiles) -> Iterator[DaemonProcess]:
+def registry_daemon(registry_gateway_files: GatewayFiles) -> Iterator[DaemonProcess]:
     with DaemonProcess(registry_gateway_files) as daemon:
         yield daemon
 

@@ -46,29 +46,29 @@ def list_ver(answer: dict[str, Any]) -> int:
 
 
 def test_register_share_ring_dead_token_dropped_unshare(
-    registry: RegistryProcess, gateway: DaemonProcess, apns_standin_thread: StandInThread
+    registry: RegistryProcess, registry_daemon: DaemonProcess, apns_standin_thread: StandInThread
 ) -> None:
     apns = apns_standin_thread
     alice1, alice2, bob1 = random_token(), random_token(), random_token(100)
     for token in (alice1, alice2):
         ok(registry.api("PUT", f"/v1/users/alice/phones/{token}", {"env": "sandbox"}))
     ver = list_ver(ok(registry.api("PUT", GW, {"owner": "alice"})))
-    wait_list(gateway, ver)
-    assert settled_ring(registry, gateway, apns) == {alice1, alice2}
+    wait_list(registry_daemon, ver)
+    assert settled_ring(registry, registry_daemon, apns) == {alice1, alice2}
 
     # Shared with bob: his phone hears the next ring too.
     ok(registry.api("PUT", f"/v1/users/bob/phones/{bob1}", {"env": "sandbox"}))
     shared = list_ver(ok(registry.api("PUT", f"{GW}/shares/bob", {})))
     assert shared > ver
-    wait_list(gateway, shared)
-    assert settled_ring(registry, gateway, apns) == {alice1, alice2, bob1}
+    wait_list(registry_daemon, shared)
+    assert settled_ring(registry, registry_daemon, apns) == {alice1, alice2, bob1}
     events = ok(registry.api("GET", f"{GW}/events"))["rings"]
     assert "reached 3 of 3 phones" in events[0]["summary"]
     assert len(ok(registry.api("GET", f"{GW}/events?limit=1"))["rings"]) == 1
 
     # alice's second phone uninstalled the app: Apple answers 410 for it.
     apns.set(token_errors={alice2: (410, "Unregistered")})
-    assert settled_ring(registry, gateway, apns) == {alice1, alice2, bob1}
+    assert settled_ring(registry, registry_daemon, apns) == {alice1, alice2, bob1}
     removed = wait_until(
         lambda: ok(registry.api("GET", "/v1/removed"))["removed"], what="the removal"
     )
@@ -78,22 +78,22 @@ def test_register_share_ring_dead_token_dropped_unshare(
     view = ok(registry.api("GET", GW))
     assert view["ver"] > shared
     assert short_token(alice2) not in {p["token"] for p in view["phones"]}
-    wait_list(gateway, view["ver"])
+    wait_list(registry_daemon, view["ver"])
 
     # The next ring does not even try the dead token.
     apns.set(token_errors={})
-    assert settled_ring(registry, gateway, apns) == {alice1, bob1}
+    assert settled_ring(registry, registry_daemon, apns) == {alice1, bob1}
 
     # Unshared: bob's phone is off the next ring.
     unshared = list_ver(ok(registry.api("DELETE", f"{GW}/shares/bob")))
-    wait_list(gateway, unshared)
-    assert settled_ring(registry, gateway, apns) == {alice1}
+    wait_list(registry_daemon, unshared)
+    assert settled_ring(registry, registry_daemon, apns) == {alice1}
     status = registry.status()
     assert status["counters"]["tokens removed by feedback"] == 1
 
 
 def test_revive_rule_a_phone_registered_after_apples_verdict_stays(
-    registry: RegistryProcess, gateway: DaemonProcess, apns_standin_thread: StandInThread
+    registry: RegistryProcess, registry_daemon: DaemonProcess, apns_standin_thread: StandInThread
 ) -> None:
     apns = apns_standin_thread
     phone, other = random_token(), random_token()
@@ -107,14 +107,14 @@ def test_revive_rule_a_phone_registered_after_apples_verdict_stays(
     )
     ok(registry.api("PUT", f"/v1/users/alice/phones/{other}", {"env": "sandbox"}))
     ver = list_ver(ok(registry.api("PUT", GW, {"owner": "alice"})))
-    wait_list(gateway, ver)
+    wait_list(registry_daemon, ver)
 
     # Apple's verdict predates the registration (the phone registered again since).
     apns.set(
         token_errors={phone: (410, "Unregistered")},
         unregistered_timestamp_ms=registered_at - 60_000,
     )
-    settled_ring(registry, gateway, apns)
+    settled_ring(registry, registry_daemon, apns)
     refused = "feedback: phone registered again after Apple's verdict"
     registry.wait_for(lambda s: any(k.startswith(refused) for k in s["refused"]))
     view = ok(registry.api("GET", GW))
@@ -126,14 +126,14 @@ def test_revive_rule_a_phone_registered_after_apples_verdict_stays(
     # after that registration, removes it; registering once more brings it back.
     apns.set(unregistered_timestamp_ms=None)
     renewed = ok(registry.api("PUT", f"/v1/users/alice/phones/{phone}", {"env": "sandbox"}))
-    wait_list(gateway, list_ver(renewed))
-    assert settled_ring(registry, gateway, apns) == {phone, other}
+    wait_list(registry_daemon, list_ver(renewed))
+    assert settled_ring(registry, registry_daemon, apns) == {phone, other}
     wait_until(lambda: ok(registry.api("GET", "/v1/removed"))["removed"], what="the removal")
     dropped = ok(registry.api("GET", GW))["ver"]
-    wait_list(gateway, dropped)
+    wait_list(registry_daemon, dropped)
     apns.set(token_errors={})
-    assert settled_ring(registry, gateway, apns) == {other}
+    assert settled_ring(registry, registry_daemon, apns) == {other}
 
     again = ok(registry.api("PUT", f"/v1/users/alice/phones/{phone}", {"env": "sandbox"}))
-    wait_list(gateway, list_ver(again))
-    assert settled_ring(registry, gateway, apns) == {phone, other}
+    wait_list(registry_daemon, list_ver(again))
+    assert settled_ring(registry, registry_daemon, apns) == {phone, other}

@@ -65,7 +65,7 @@ def two_registries(
 def test_two_instances_on_one_postgresql_never_publish_a_ver_backwards(
     two_registries: tuple[RegistryProcess, RegistryProcess],
     observer: CloudPeer,
-    gateway: DaemonProcess,
+    registry_daemon: DaemonProcess,
 ) -> None:
     one, two = two_registries
     users = [f"user{n}" for n in range(6)]
@@ -96,8 +96,8 @@ def test_two_instances_on_one_postgresql_never_publish_a_ver_backwards(
     assert seen == sorted(seen), seen
     assert seen[-1] == final["ver"]
     assert len(set(seen)) > 1
-    wait_list(gateway, final["ver"])
-    status = gateway.status()
+    wait_list(registry_daemon, final["ver"])
+    status = registry_daemon.status()
     assert status["tokens"]["count"] == 1  # the owner's phone; every share was taken back
 
 
