@@ -2,7 +2,7 @@
 
 The database calls block, so they run one at a time on one worker thread; a
 list is sent to the broker from inside its transaction (``Operations.publish``),
-which is why ``Publisher.send`` hands the publish to the event loop and waits.
+which is why ``_send`` hands the publish to the event loop and waits for the broker.
 """
 
 from __future__ import annotations
