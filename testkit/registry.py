@@ -65,7 +65,11 @@ def write_registry_config(
             "reconnect_max": "0.5s",
             "keepalive": "5s",
         }
-    data.update(extra or {})
+    for key, value in (extra or {}).items():  # sections merge, other keys replace
+        if isinstance(value, Mapping) and isinstance(data.get(key), dict):
+            data[key].update(value)
+        else:
+            data[key] = value
     config = root / "registry.yaml"
     config.write_text(yaml.safe_dump(data, sort_keys=False))
     return config, token, port
@@ -74,8 +78,11 @@ def write_registry_config(
 class RegistryProcess:
     """``edgebell cloud serve --config F`` as a subprocess; ``api()`` calls it over HTTP."""
 
-    def __init__(self, config: Path, token: str, port: int) -> None:
+    def __init__(
+        self, config: Path, token: str, port: int, *, env: Mapping[str, str] | None = None
+    ) -> None:
         self.config = config
+        self._env = {**os.environ, **(env or {})}
         self.token = token
         self.port = port
         self.log = config.parent / "registry.log"
@@ -92,6 +99,7 @@ class RegistryProcess:
             [sys.executable, "-m", "edgebell", "cloud", "serve", "--config", str(self.config)],
             stdout=self._log,
             stderr=subprocess.STDOUT,
+            env=self._env,
         )
         self.wait_for(
             lambda s: not wait_mqtt or s["mqtt"]["connected"], _START_TIMEOUT, starting=True

@@ -14,6 +14,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,8 +23,8 @@ from fixtures_registry import ok
 from testkit.cloud_peer import CloudPeer, Received
 from testkit.gateway import GATEWAY_ID, random_token
 from testkit.mosquitto import MosquittoBroker
-from testkit.pki import TestPki, make_client_cert
-from testkit.registry import RegistryProcess
+from testkit.pki import CertFiles, TestPki, make_client_cert
+from testkit.registry import RegistryProcess, write_registry_config
 
 GW = f"/v1/gateways/{GATEWAY_ID}"
 OTHER = "gw-other"
@@ -266,3 +267,52 @@ def test_forged_foreign_and_replayed_feedback_is_refused_counted_and_changes_not
     )
     assert snapshot(registry) == renewed
     assert len(ok(registry.api("GET", "/v1/removed"))["removed"]) == 1
+
+
+def test_a_makers_own_user_sessions_act_only_for_their_user(
+    tmp_path: Path,
+    pki: TestPki,
+    registry_broker: MosquittoBroker,
+    registry_identities: dict[str, CertFiles],
+) -> None:
+    sessions = tmp_path / "sessions.json"
+    sessions.write_text(json.dumps({"s-alice": "alice", "s-bob": "bob"}))
+    config, token, port = write_registry_config(
+        tmp_path / "registry",
+        pki=pki,
+        broker=registry_broker,
+        identity=registry_identities["registry"],
+        extra={"http": {"auth_hook": "testkit.registry_auth:authenticate"}},
+    )
+    with RegistryProcess(
+        config, token, port, env={"EDGEBELL_TEST_SESSIONS": str(sessions)}
+    ) as registry:
+        alice_phone, bob_phone = random_token(), random_token()
+        as_alice = {"token": "s-alice"}
+        as_bob = {"token": "s-bob"}
+        ok(
+            registry.api(
+                "PUT", f"/v1/users/alice/phones/{alice_phone}", {"env": "sandbox"}, **as_alice
+            )
+        )
+        ok(registry.api("PUT", f"/v1/users/bob/phones/{bob_phone}", phone, **as_bob))
+        ok(registry.api("PUT", GW, {"owner": "alice"}, **as_alice))
+        before = ok(registry.api("GET", GW, **as_alice))
+        for method, path, body in [
+            ("PUT", f"/v1/users/alice/phones/{random_token()}", {"env": "sandbox"}),
+            ("GET", GW, None),
+            ("PUT", f"{GW}/shares/bob", {}),
+            ("PUT", GW, {"owner": "bob"}),
+            ("GET", "/v1/users/alice", None),
+            ("GET", "/v1/removed", None),
+            ("GET", "/v1/status", None),
+        ]:
+            answer = registry.api(method, path, body, **as_bob)
+            assert answer.status == 404, (method, path, answer)
+        assert registry.api("GET", GW, token="s-mallory").status == 401
+        ok(registry.api("PUT", f"{GW}/shares/bob", {"buttons": ["front"]}, **as_alice))
+        assert ok(registry.api("GET", GW, **as_bob))["owner"] == "alice"  # shared: he sees it
+        ok(registry.api("DELETE", f"{GW}/shares/bob", **as_bob))  # and may leave it
+        after = ok(registry.api("GET", GW, **as_alice))
+        assert after["shares"] == before["shares"] == []
+        assert ok(registry.api("GET", "/v1/status"))["refused"]["api: 404"] == 7
