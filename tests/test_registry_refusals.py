@@ -290,11 +290,8 @@ def test_a_makers_own_user_sessions_act_only_for_their_user(
         alice_phone, bob_phone = random_token(), random_token()
         as_alice = {"token": "s-alice"}
         as_bob = {"token": "s-bob"}
-        ok(
-            registry.api(
-                "PUT", f"/v1/users/alice/phones/{alice_phone}", {"env": "sandbox"}, **as_alice
-            )
-        )
+        phone = {"env": "sandbox"}
+        ok(registry.api("PUT", f"/v1/users/alice/phones/{alice_phone}", phone, **as_alice))
         ok(registry.api("PUT", f"/v1/users/bob/phones/{bob_phone}", phone, **as_bob))
         ok(registry.api("PUT", GW, {"owner": "alice"}, **as_alice))
         before = ok(registry.api("GET", GW, **as_alice))
