@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from edgebell.errors import ConfigError, EdgebellError, RegistryError
-from edgebell.registry.model import Change
 
 EXIT_OK = 0
 EXIT_REFUSED = 1
@@ -85,9 +84,17 @@ def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     except EdgebellError as exc:
         print(f"edgebell cloud {args.tool}: {exc}", file=err)
         return EXIT_REFUSED
+    except ImportError as exc:  # h11 or psycopg: the `cloud` extra is not installed
+        print(
+            f"edgebell cloud {args.tool}: {exc.name or exc} is missing:"
+            " pip install 'edgebell[cloud]'",
+            file=err,
+        )
+        return EXIT_REFUSED
 
 
 def _operate(args: argparse.Namespace, config: Any, out: TextIO) -> int:
+    from edgebell.registry.model import Change
     from edgebell.registry.serve import open_operations
 
     ops = open_operations(config)
