@@ -21,14 +21,13 @@ from fixtures_apns import KEY_ID, TEAM_ID, TOPIC, apns_standin, pki, provider_jw
 import edgebell.apns.auth as auth_module
 from edgebell.apns.auth import (
     HARD_LIMIT,
-    MAX_JWT_AGE,
     UPDATE_HOLD,
     CertificateAuth,
     DelegatedAuth,
     TokenAuth,
 )
 from edgebell.apns.client import ApnsClient
-from edgebell.apns.model import Environment, Outcome, PushRequest, PushResult
+from edgebell.apns.model import MAX_JWT_AGE, Environment, Outcome, PushRequest, PushResult
 from edgebell.errors import ApnsAuthError
 from testkit.apns_server import ApnsStandIn
 from testkit.pki import TestPki, make_apns_auth_key, make_client_cert, make_p12

@@ -22,6 +22,8 @@ from cryptography.x509.oid import NameOID
 from hypothesis import given
 from hypothesis import strategies as st
 
+from edgebell.apns.client import target
+from edgebell.apns.model import Environment
 from edgebell.cli import main as cli_main
 from edgebell.config import (
     CertificateAuthConfig,
@@ -217,7 +219,8 @@ def test_minimal_config_loads_with_defaults(write: Write, tmp_path: Path) -> Non
     assert (config.apns.connect_timeout, config.apns.request_timeout) == (10, 10)
     assert (config.apns.ping_interval, config.apns.jwt_refresh) == (60, 2400)
     assert (config.apns.retry_min, config.apns.retry_max) == (1, 60)
-    assert config.apns.endpoint("sandbox") == ("api.sandbox.push.apple.com", 443)
+    sandbox = target(Environment.SANDBOX, config.apns.host)
+    assert (sandbox.host, sandbox.port) == ("api.sandbox.push.apple.com", 443)
     assert config.radio.debounce == 1.5
     assert config.radio.cooldown == 10
     assert (config.radio.ping_timeout, config.radio.reconnect_min) == (10, 0.5)
@@ -627,7 +630,8 @@ def test_apns_host_override(write: Write, host: str, endpoint: tuple[str, int]) 
     )
     apns = load(path).apns
     assert apns.host == host
-    assert apns.endpoint("production") == endpoint
+    production = target(Environment.PRODUCTION, apns.host)
+    assert (production.host, production.port) == endpoint
 
 
 @pytest.mark.parametrize(

@@ -17,10 +17,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import pkcs12
 
 from edgebell.apns.es256 import sign_es256
-from edgebell.apns.model import JWT_REFRESH_RANGE, Outcome, PushResult
+from edgebell.apns.model import JWT_REFRESH_RANGE, MAX_JWT_AGE, Outcome, PushResult
 from edgebell.errors import ApnsAuthError
 
-MAX_JWT_AGE = 60 * 60  # Apple refuses a provider JWT whose iat is more than an hour old
 MIN_REFRESH, MAX_REFRESH = JWT_REFRESH_RANGE
 # Even while holding a JWT after TooManyProviderTokenUpdates, a new one is made this early,
 # leaving a margin for the difference between our clock and Apple's.

@@ -52,7 +52,7 @@ class ApnsStatus:
 
 
 @dataclass(frozen=True, slots=True)
-class _Target:
+class Target:
     """Where an environment's pushes go."""
 
     host: str
@@ -89,7 +89,7 @@ class ApnsClient:
         self._connect_timeout = connect_timeout
         self._request_timeout = request_timeout
         self._ping_interval = ping_interval
-        self._targets = {env: _target(env, host_override) for env in Environment}
+        self._targets = {env: target(env, host_override) for env in Environment}
         self._ssl = _ssl_context(auth, ca_file)
         self._conns: dict[Environment, ApnsConnection] = {}
         self._retired: list[ApnsConnection] = []  # draining (GOAWAY, 5xx), closed at the end
@@ -371,7 +371,8 @@ def _error_body(body: bytes) -> tuple[str | None, int | None]:
     return reason if isinstance(reason, str) else None, timestamp
 
 
-def _target(env: Environment, override: str | None) -> _Target:
+def target(env: Environment, override: str | None) -> Target:
+    """Where ``env``'s pushes go: Apple's host, or ``override`` (``https://host[:port]``)."""
     if override is None:
         host, port = env.host, APNS_PORT
     else:
@@ -381,7 +382,7 @@ def _target(env: Environment, override: str | None) -> _Target:
         host, port = parts.hostname, parts.port or APNS_PORT
     shown = f"[{host}]" if ":" in host else host
     authority = shown if port == APNS_PORT else f"{shown}:{port}"
-    return _Target(host, port, (b":authority", authority.encode("ascii")))
+    return Target(host, port, (b":authority", authority.encode("ascii")))
 
 
 def _ssl_context(auth: ApnsAuth, ca_file: Path | None) -> ssl.SSLContext:

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from edgebell.privacy import short_token
 
 APNS_PORT = 443
+# Apple refuses a provider JWT whose iat is more than an hour old.
+MAX_JWT_AGE = 60 * 60
 # Apple refuses a provider JWT refreshed more often than every 20 minutes or older than 60;
 # refreshing by 55 leaves slack for the difference between our clock and Apple's.
 JWT_REFRESH_RANGE = (20 * 60, 55 * 60)
@@ -55,7 +57,7 @@ class PushRequest:
 
 
 class Outcome(enum.Enum):
-    """What the caller should do next with a push, from Apple's answer (see DESIGN.md's table)."""
+    """What to do next with a push, from Apple's answer (docs/design.md, "Apple's answers")."""
 
     DELIVERED = "delivered"  # 200
     TOKEN_DEAD = "token_dead"  # noqa: S105 - 410, 400 BadDeviceToken/DeviceTokenNotForTopic: suppress, report

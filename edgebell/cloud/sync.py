@@ -31,6 +31,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from edgebell.apns.model import MAX_JWT_AGE
 from edgebell.backoff import Backoff
 from edgebell.cloud import commands, topics
 from edgebell.cloud.messages import (
@@ -63,7 +64,6 @@ KV_PROVIDER_JWT = "cloud.apns_jwt"
 PUBLISH_WINDOW = 10  # messages in flight at once (aiomqtt warns above 10 pending calls)
 RESYNC_WAIT = 5.0  # how long `resync` waits for a list (retained or the cloud's hello answer)
 STOP_FLUSH = 2.0  # on SIGTERM, how long queued messages may take to leave before "offline"
-MAX_JWT_AGE = 3600  # Apple refuses a provider JWT older than an hour
 NOT_AUTHORIZED = (4, 5, 0x86, 0x87)  # CONNACK: bad user name or password / not authorised
 
 T = TypeVar("T")

@@ -13,6 +13,7 @@ from typing import cast
 import yaml
 
 from edgebell.apns.model import JWT_REFRESH_RANGE
+from edgebell.apns.model import Environment as ApnsEnvironment
 from edgebell.config.defaults import (
     default_config_path,
     default_control_socket,
@@ -105,7 +106,8 @@ CLOUD_KEYS = (
     "keepalive",
     "connect_timeout",
 )
-ENVIRONMENTS = ("production", "sandbox")
+# The values of the one Environment enum (a device token belongs to exactly one).
+ENVIRONMENTS = tuple(env.value for env in ApnsEnvironment)
 LOG_LEVELS = ("debug", "info", "warning", "error")
 PLACEHOLDERS = ("button_name", "button", "presses")
 COLLAPSED_PLACEHOLDERS = (*PLACEHOLDERS, "rings", "last_at")

@@ -19,11 +19,6 @@ Protocol = Literal["rflink", "rcswitch", "lines"]
 Environment = Literal["production", "sandbox"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 
-APPLE_HOSTS: dict[Environment, str] = {
-    "production": "api.push.apple.com",
-    "sandbox": "api.sandbox.push.apple.com",
-}
-APPLE_PORT = 443
 MQTT_PORTS = {"mqtts": 8883, "mqtt": 1883}
 
 _HOST_NAME = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9._-]*[A-Za-z0-9_])?")
@@ -123,12 +118,6 @@ class ApnsConfig:
     retry_max: float
     # Prove key, team and topic with Apple at start (see edgebell/apns/credentials.py).
     verify_credentials: bool = True
-
-    def endpoint(self, environment: Environment) -> tuple[str, int]:
-        """Host and port to connect to for ``environment``: the ``host`` override, else Apple."""
-        if self.host is not None:
-            return split_url(self.host, {"https": APPLE_PORT})[1:]
-        return APPLE_HOSTS[environment], APPLE_PORT
 
 
 @dataclass(frozen=True, slots=True)
