@@ -65,15 +65,18 @@ def run(realtime: bool) -> tuple[list[Tally], float, str]:
 
 def table(tallies: list[Tally]) -> str:
     lines = [
-        "| fault | expected | delivered | duplicated | lost | measured besides |",
-        "|---|---:|---:|---:|---:|---|",
+        "| fault | expected | delivered | duplicated | lost | last phone reached |"
+        " measured besides |",
+        "|---|---:|---:|---:|---:|---:|---|",
     ]
     for t in tallies:
         figures = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in t.figures.items())
         if t.unexpected:
             figures = f"UNEXPECTED {t.unexpected}; " + figures
+        last = "—" if t.last_phone_s is None else f"{t.last_phone_s:.1f} s after the press"
         lines.append(
-            f"| {t.fault} | {t.expected} | {t.delivered} | {t.duplicated} | {t.lost} | {figures} |"
+            f"| {t.fault} | {t.expected} | {t.delivered} | {t.duplicated} | {t.lost} | {last}"
+            f" | {figures} |"
         )
     return "\n".join(lines)
 
