@@ -51,13 +51,22 @@ def show_push(push: ReceivedPush) -> None:
 class Watcher:
     """Prints what the stand-in answered since the last look."""
 
-    def __init__(self, apns: StandInThread) -> None:
+    def __init__(self, apns: StandInThread, daemon: DaemonProcess) -> None:
         self.apns = apns
+        self.daemon = daemon
         self.seen = 0
 
     def wait_and_show(self, count: int, timeout: float = 10.0) -> None:
         target = self.seen + count
-        self.apns.wait_for(lambda s: len(s.responses) >= target, timeout)
+        try:
+            # Pushes to phones only: the daemon's credentials check goes to no device.
+            self.apns.wait_for(
+                lambda s: sum(1 for r in s.responses if r.to_device) >= target, timeout
+            )
+        except AssertionError:
+            # What the daemon did instead is the first thing anyone needs to see.
+            print(self.daemon.log_text(), file=sys.stderr)
+            raise
         for push in self.apns.responses()[self.seen : target]:
             show_push(push)
         self.seen = target
@@ -123,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
             daemon = DaemonProcess(files)
             daemon.start()
             receiver.write_line(b"20;00;Nodo RadioFrequencyLink - RFLink Gateway V1.1 - R46;")
-            watcher = Watcher(apns)
+            watcher = Watcher(apns, daemon)
             say("      The daemon is up: receiver open, APNs connection warm.")
             if cloud is not None:
                 cloud.wait_in_use(daemon, say)
