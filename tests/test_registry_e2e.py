@@ -90,6 +90,11 @@ def test_register_share_ring_dead_token_dropped_unshare(
     assert settled_ring(registry, registry_daemon, apns) == {alice1}
     status = registry.status()
     assert status["counters"]["tokens removed by feedback"] == 1
+    # Tokens are personal data: the registry's log shows only their first 8 digits.
+    log = registry.log_text()
+    assert short_token(alice2) in log
+    for token in (alice1, alice2, bob1):
+        assert token not in log
 
 
 def test_revive_rule_a_phone_registered_after_apples_verdict_stays(
