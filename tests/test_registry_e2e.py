@@ -9,14 +9,18 @@ tries it; an unshare takes the user's phones off the next ring.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
-from fixtures_mqtt import pushes_for, ring, wait_list
+from fixtures_mqtt import cloud_section, pushes_for, ring, wait_list
 from fixtures_registry import ok, wait_until
 
 from edgebell.privacy import short_token
-from testkit.gateway import GATEWAY_ID, DaemonProcess, random_token
-from testkit.registry import RegistryProcess
+from testkit.fake_receiver import FakeReceiver
+from testkit.gateway import GATEWAY_ID, DaemonProcess, random_token, write_config
+from testkit.mosquitto import MosquittoBroker
+from testkit.pki import CertFiles, TestPki
+from testkit.registry import RegistryProcess, write_registry_config
 from testkit.standin_thread import StandInThread
 
 GW = f"/v1/gateways/{GATEWAY_ID}"
@@ -142,3 +146,47 @@ def test_revive_rule_a_phone_registered_after_apples_verdict_stays(
     again = ok(registry.api("PUT", f"/v1/users/alice/phones/{phone}", {"env": "sandbox"}))
     wait_list(registry_daemon, list_ver(again))
     assert settled_ring(registry, registry_daemon, apns) == {phone, other}
+
+
+def test_a_delegated_gateway_rings_with_the_fleet_jwt_the_registry_mints(
+    tmp_path: Path,
+    pki: TestPki,
+    registry_broker: MosquittoBroker,
+    registry_identities: dict[str, CertFiles],
+    apns_standin_thread: StandInThread,
+    rflink_receiver: FakeReceiver,
+) -> None:
+    """No Apple key on the gateway: the registry holds it, and its JWT is what Apple checks."""
+    config, token, port = write_registry_config(
+        tmp_path / "registry",
+        pki=pki,
+        broker=registry_broker,
+        identity=registry_identities["registry"],
+        extra={
+            "apns": {
+                "key_file": str(pki.auth_key.private_key),
+                "key_id": pki.auth_key.key_id,
+                "team_id": pki.auth_key.team_id,
+            }
+        },
+    )
+    (tmp_path / "gateway").mkdir()
+    files = write_config(
+        tmp_path / "gateway",
+        port=str(rflink_receiver.path),
+        apns_url=apns_standin_thread.url,
+        ca_file=pki.ca.cert,
+        auth={"mode": "delegated"},
+        overrides={"cloud": cloud_section(registry_broker, pki)},
+    )
+    with RegistryProcess(config, token, port) as registry:
+        phone = random_token()
+        ok(registry.api("PUT", f"/v1/users/alice/phones/{phone}", {"env": "sandbox"}))
+        ver = list_ver(ok(registry.api("PUT", GW, {"owner": "alice"})))
+        with DaemonProcess(files) as daemon:
+            status = wait_list(daemon, ver)
+            assert status["apns"]["auth"] == "delegated"
+            assert settled_ring(registry, daemon, apns_standin_thread) == {phone}
+            (push,) = [p for p in apns_standin_thread.responses() if p.token == phone]
+            assert push.status == 200  # the stand-in verified the registry's ES256 JWT
+        assert registry.status()["counters"]["fleet JWTs minted"] == 1
