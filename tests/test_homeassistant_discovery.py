@@ -7,6 +7,8 @@ from typing import Any
 
 import pytest
 from ha_schema import assert_valid, problems
+from hypothesis import given
+from hypothesis import strategies as st
 
 from edgebell.homeassistant import discovery
 from edgebell.homeassistant.discovery import Button, GatewayState, Layout
@@ -186,3 +188,18 @@ def test_queue_is_bounded() -> None:
         queue.put(_message(n), now=0.0)
     assert [p.ring.ring_id for p in queue.head(now=0.0, count=5)] == ["r1", "r2"]
     assert queue.dropped_full == 1
+
+
+BUTTON_IDS = st.text(
+    alphabet=st.sampled_from("abcXYZ019._-"), min_size=1, max_size=64
+)  # the config's button id rule: [A-Za-z0-9_.-]{1,64}
+
+
+@given(st.lists(BUTTON_IDS, min_size=1, max_size=8, unique=True))
+def test_distinct_button_ids_get_distinct_valid_topics_and_unique_ids(ids: list[str]) -> None:
+    found = configs([Button(i, f"Button {i}") for i in ids])
+    events = [c for t, c in found.items() if t.split("/")[1] == "event"]
+    assert len({c["unique_id"] for c in events}) == len(ids)
+    assert len([t for t in found if t.split("/")[1] == "event"]) == len(ids)
+    for topic, payload in found.items():
+        assert_valid(topic, payload)
