@@ -86,7 +86,16 @@ class ControlCommands:
         if ring is None:
             known = ", ".join(b.id for b in self._daemon.tracker.buttons) or "none configured"
             return {"ok": False, "error": f"unknown button {button_id!r} (buttons: {known})"}
-        return {"ok": True, "ring_id": ring.ring_id, "button": ring.button}
+        answer: JSON = {"ok": True, "ring_id": ring.ring_id, "button": ring.button}
+        if not self._daemon.store.is_durable(ring.ring_id):
+            # Rang from memory: say so, the ring is lost if the daemon stops before Apple has it.
+            answer["persisted"] = False
+            answer["warning"] = (
+                f"not on disk yet: {self._daemon.store.health().last_error or 'outbox failing'}"
+            )
+        else:
+            answer["persisted"] = True
+        return answer
 
     async def _cmd_reload(self, request: JSON) -> JSON:
         """Re-read the config file now (as SIGHUP does) and answer with the verdict.

@@ -402,11 +402,18 @@ class Daemon:
         notifications: list[Notification] = []
         try:
             notifications = self.notifier.fan_out(ring, self.tokens.for_button(button.id))
-            self.dispatcher.submit(notifications)
+            # Accepted: every phone's row in one commit, before anything else happens (no
+            # log line, no push); the dispatcher may then fold them into waiting pushes.
+            self.store.add(notifications)
+            with self.store.transaction():
+                self.dispatcher.submit(notifications)
         except Exception:
             # A bug in the fan-out must not lose the ring: it is still counted and published.
             log.exception("ring %s: cannot push it to the phones", ring.ring_id[:8])
             notifications = []
+        # Everything below acknowledges the ring: the dispatcher has committed its rows
+        # (store.add), or they wait in memory for a failing disk and the log line says so.
+        durable = self.store.is_durable(ring.ring_id)
         if self.cloud is not None:
             self.cloud.ring(ring)
         if self.home_assistant is not None:
@@ -414,13 +421,14 @@ class Daemon:
         _, count = self.rings.get(button.id, (None, 0))
         self.rings[button.id] = (ring.at, count + 1)
         log.info(
-            "ring %s: %s (%s)%s, pushing to %d phone%s",
+            "ring %s: %s (%s)%s, pushing to %d phone%s%s",
             ring.ring_id[:8],
             button.id,
             button.name,
             f", {presses} presses" if presses > 1 else "",
             len(notifications),
             "" if len(notifications) == 1 else "s",
+            "" if durable else f"; NOT on disk yet ({self.store.health().last_error})",
         )
         if not notifications:
             self.dispatcher.open_ring(ring.ring_id)

@@ -96,8 +96,7 @@ def build_status(
         problems.append(f"APNs unreachable ({', '.join(down)}): {outbox.pending} pushes waiting")
     if outbox.oldest_age_s is not None and outbox.oldest_age_s > STUCK_AFTER_S and not down:
         problems.append(f"queue not draining: oldest push waiting {outbox.oldest_age_s:.0f} s")
-    if not store.ok:
-        problems.append(f"outbox database failing: {store.last_error}")
+    problems += store.problems  # each store failure worded, with the rings it puts at risk
     active = len(tokens.active())
     if active == 0:
         problems.append("no phone to notify (empty token list)")
@@ -162,6 +161,11 @@ def build_status(
             "store_ok": store.ok,
             "store_error": store.last_error,
             "moved_aside": store.moved_aside,
+            "unwritten_rings": store.unwritten_rings,
+            "unwritten_rows": store.unwritten_rows,
+            "dropped_rings": store.dropped_rings,
+            "lost_at_start": store.lost_at_start,
+            "tokens_store_error": store.tokens_error,
         },
         "config": None
         if config is None

@@ -157,20 +157,95 @@ def test_a_locked_database_is_refused_not_moved_aside(tmp_path: Path) -> None:
     again.close()
 
 
-def test_a_write_sqlite_cannot_hold_is_a_store_error_and_the_writer_goes_on(
-    store: OutboxStore,
+def test_a_value_sqlite_cannot_hold_is_dropped_and_the_other_writes_go_on(
+    store: OutboxStore, caplog: pytest.LogCaptureFixture
 ) -> None:
     # Apple's 410 timestamp is a number from the network: one past SQLite's INTEGER range.
     store.suppress(Suppressed("cd" * 32, 410, "Unregistered", 2**63))
+    store.suppress(Suppressed("ef" * 32, 410, "Unregistered", 1234))
     row = _notification()
     store.add([row])
-    assert store.flush(2.0), "the writer thread died"
-    health = store.health()
-    assert not health.ok
-    assert "too large" in (health.last_error or "")
-    store.add([_notification()])
-    assert store.flush(2.0)
-    assert store.health().ok  # the next good write clears it
+    assert store.flush(2.0), "the writer thread died or retries a row forever"
+    assert "cannot store" in caplog.text
+    assert "cd" * 32 not in caplog.text
+    assert store.health().ok
     again = reopen(store)
     assert row.apns_id in [n.apns_id for n in again.load_pending()]
+    assert [s.token for s in again.load_suppressed()] == ["ef" * 32]
+    again.close()
+
+
+def _rows_on_disk(path: Path) -> set[str]:
+    check = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return {r[0] for r in check.execute("SELECT apns_id FROM notifications")}
+    finally:
+        check.close()
+
+
+def test_a_ring_is_on_disk_when_add_returns_not_later(store: OutboxStore) -> None:
+    row = _notification()
+    with store.transaction():
+        store.add([row])
+        assert row.apns_id not in _rows_on_disk(store.path)  # one commit, at the end
+    assert row.apns_id in _rows_on_disk(store.path)  # no flush, no writer thread needed
+    assert store.is_durable(row.ring_id)
+    store.close()
+
+
+@pytest.mark.parametrize("how", ["deleted", "replaced"])
+def test_a_database_deleted_or_replaced_is_recreated_with_every_row(
+    store: OutboxStore, tmp_path: Path, how: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    before = [_notification(ring=f"r{i}") for i in range(3)]
+    store.add(before)
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{store.path}{suffix}").unlink(missing_ok=True)
+    if how == "replaced":
+        stranger = sqlite3.connect(store.path)
+        stranger.execute("CREATE TABLE t (x)")
+        stranger.close()
+    after = _notification(ring="r9")
+    store.add([after])
+    assert store.is_durable("r9")
+    assert _rows_on_disk(store.path) == {n.apns_id for n in [*before, after]}
+    assert f"was {how}" in caplog.text
+    assert store.health().ok
+    store.close()
+
+
+def test_a_failing_disk_keeps_rings_in_memory_and_says_how_many(tmp_path: Path) -> None:
+    store = OutboxStore(tmp_path / "outbox.sqlite3", max_page_count=8, backlog_max_rows=5)
+    store.open()
+    store.start()
+    big = b"x" * 3000
+    rows = [_notification(ring=f"r{i}", payload=big, created_at=1000.0 + i) for i in range(12)]
+    for row in rows:
+        store.add([row])
+    health = store.health()
+    assert not health.ok
+    assert "disk full" in (health.last_error or "")
+    assert health.unwritten_rows == 5  # the memory bound: the oldest went first
+    assert health.dropped_rings >= 1
+    assert not store.is_durable("r11")
+    assert any("5 accepted rings (5 pushes) not on disk yet" in p for p in health.problems)
+    assert any(f"{health.dropped_rings} accepted rings dropped" in p for p in health.problems)
+    store.close()
+
+
+def test_the_token_state_is_kept_apart_from_the_outbox(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.sqlite3"
+    store = OutboxStore(path)
+    store.open()
+    store.start()
+    store.suppress(Suppressed("cd" * 32, 410, "Unregistered", 1234))
+    store.put_value("tokens.ver", b"17")
+    store.close()
+    path.write_bytes(b"this is not a database" * 100)  # the outbox is lost ...
+    again = OutboxStore(path)
+    again.open()
+    assert again.health().moved_aside is not None
+    # ... the token list's ver and Apple's verdicts are not.
+    assert again.load_value("tokens.ver") == b"17"
+    assert [s.token for s in again.load_suppressed()] == ["cd" * 32]
     again.close()
