@@ -14,7 +14,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO, cast
 
 from edgebell import __version__
-from edgebell.errors import ConfigError, ControlError, EdgebellError, NotRunningError
+from edgebell.errors import (
+    ConfigError,
+    ControlError,
+    EdgebellError,
+    NotAnsweringError,
+    NotRunningError,
+)
 from edgebell.printable import PrintableStream
 
 if TYPE_CHECKING:
@@ -51,6 +57,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     p = sub.add_parser("ring", parents=[common], help="ring as if BUTTON were pressed")
     p.add_argument("button", help="button id from the configuration")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="give up after this long (default 10); a ring given up on is not made later",
+    )
     sub.add_parser(
         "reload",
         parents=[common],
@@ -158,11 +171,21 @@ def _dispatch(args: argparse.Namespace, out: TextIO) -> int:
 
     sock = _control_socket(args.config)
     if command == "ring":
-        answer = control.request(sock, {"cmd": "ring", "button": args.button})
+        try:
+            answer = control.request(
+                sock, {"cmd": "ring", "button": args.button}, timeout=args.timeout
+            )
+        except NotAnsweringError as exc:
+            # The request carried its deadline: the daemon will not ring once it wakes up.
+            raise NotAnsweringError(
+                f"{exc}; it will not ring later for this request: run the command again"
+            ) from exc
         if not answer.get("ok"):
             print(f"edgebell: {answer.get('error')}", file=sys.stderr)
             return EXIT_FAILED
         print(f"rang {answer['button']} (ring {answer['ring_id']})", file=out)
+        if answer.get("persisted") is False:
+            print(f"edgebell: warning: {answer.get('warning')}", file=sys.stderr)
         return EXIT_OK
     if command == "test-push":
         request: dict[str, object] = {"cmd": "test-push"}

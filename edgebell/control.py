@@ -4,6 +4,14 @@ One request per connection: the client writes one JSON object and a newline; the
 daemon answers with one JSON object per line (``learn`` keeps streaming until the
 client hangs up). The daemon's end is :mod:`edgebell.control_server`. This side is
 plain blocking sockets and imports nothing heavy, so ``edgebell status`` stays quick.
+
+Retrying is safe: :func:`request` sends a fresh ``request_id`` and the moment it
+will give up as ``deadline`` (``CLOCK_MONOTONIC`` seconds, one clock for every
+process on the machine). The daemon does not start a command whose deadline has
+passed, so a command the client gave up on does not run behind its back; a
+connection lost before the answer is retried once with the same id, and the daemon
+answers a repeated id with the first result (``"repeat": true``) instead of
+running it again.
 """
 
 from __future__ import annotations
@@ -12,11 +20,13 @@ import grp
 import json
 import os
 import socket
+import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from edgebell.errors import ControlError, NotRunningError
+from edgebell.errors import ControlError, NotAnsweringError, NotRunningError
 
 JSON = dict[str, Any]
 
@@ -53,6 +63,10 @@ def group_of(path: Path) -> str:
         return "edgebell"  # the group the systemd unit runs the daemon with
 
 
+class _ConnectionLost(ControlError):
+    """The connection broke (or closed) before the answer: safe to ask again with the same id."""
+
+
 def stream(path: Path, request: JSON, *, timeout: float | None = 10.0) -> Iterator[JSON]:
     """Send one request; yield each JSON line of the answer until the daemon closes."""
     with _connect(path, 5.0 if timeout is None else timeout) as s:
@@ -63,11 +77,12 @@ def stream(path: Path, request: JSON, *, timeout: float | None = 10.0) -> Iterat
             try:
                 chunk = s.recv(65536)
             except TimeoutError as exc:
-                raise ControlError(
-                    f"the daemon on {path} is not answering (no reply within {timeout:g} s)"
+                waited = round(timeout or 0.0, 1)
+                raise NotAnsweringError(
+                    f"the daemon on {path} is not answering (no reply within {waited:g} s)"
                 ) from exc
             except OSError as exc:
-                raise ControlError(f"lost the connection to the daemon: {exc}") from exc
+                raise _ConnectionLost(f"lost the connection to the daemon: {exc}") from exc
             if not chunk:
                 return
             buffer += chunk
@@ -80,7 +95,16 @@ def stream(path: Path, request: JSON, *, timeout: float | None = 10.0) -> Iterat
 
 
 def request(path: Path, message: JSON, *, timeout: float = 10.0) -> JSON:
-    """Send one request and return the daemon's one answer."""
-    for answer in stream(path, message, timeout=timeout):
-        return answer
-    raise ControlError("the daemon closed the connection without answering")
+    """Send one request and return the daemon's one answer, giving up after ``timeout``."""
+    give_up = time.monotonic() + timeout
+    message = {"request_id": uuid.uuid4().hex, "deadline": give_up, **message}
+    for attempt in (1, 2):
+        left = max(0.1, give_up - time.monotonic())
+        try:
+            for answer in stream(path, message, timeout=left):
+                return answer
+            raise _ConnectionLost("the daemon closed the connection without answering")
+        except _ConnectionLost:
+            if attempt == 2 or time.monotonic() >= give_up:
+                raise
+    raise AssertionError("unreachable")

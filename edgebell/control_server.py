@@ -2,28 +2,40 @@
 
 The socket is mode 0660: only root and the daemon's group (``edgebell`` under
 systemd) may ring the doorbell or read its status.
+
+Commands are safe to retry (see :mod:`edgebell.control`): a request whose
+``deadline`` has passed when the daemon gets to it is not run (its client has given
+up), and a ``request_id`` seen before is answered with the first result, marked
+``"repeat": true``, instead of running again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 import logging
 import os
 import socket
 import stat
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 
 from edgebell import jsonlimits
 from edgebell.control import JSON, MAX_REQUEST
 from edgebell.errors import ControlError
+from edgebell.recent import RecentReplies
 
 log = logging.getLogger(__name__)
 
 # A handler answers a request with one reply, or with an async stream of them (learn).
 Handler = Callable[[JSON], Awaitable[JSON] | AsyncIterator[JSON]]
+
+# A command is started only while this much of its client's patience is left, so that
+# its answer can still reach the client: one it gives up on is never run behind its back.
+REPLY_MARGIN = 0.5
 
 
 class ControlServer:
@@ -33,6 +45,7 @@ class ControlServer:
         self.path = path
         self._handlers = dict(handlers)
         self._server: asyncio.AbstractServer | None = None
+        self._recent: RecentReplies[JSON] = RecentReplies()
 
     async def start(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -88,11 +101,25 @@ class ControlServer:
                     writer, {"ok": False, "error": f"unknown command {request.get('cmd')!r}"}
                 )
                 return
+            late = _past_deadline(request)
+            if late is not None:
+                log.warning("control request %r not run: %s", request.get("cmd"), late)
+                await _send(writer, {"ok": False, "error": late, "expired": True})
+                return
             answer = handler(request)
             if isinstance(answer, AsyncIterator):
                 await self._stream(answer, reader, writer)
-            else:
+                return
+            request_id = request.get("request_id")
+            if not isinstance(request_id, str) or not request_id:
                 await _send(writer, await answer)
+                return
+            reply, repeat = await self._recent.once(request_id, lambda: answer)
+            if repeat:
+                if inspect.iscoroutine(answer):
+                    answer.close()  # never started: this request ran before
+                reply = {**reply, "repeat": True}
+            await _send(writer, reply)
         except (ConnectionError, TimeoutError, asyncio.IncompleteReadError, ValueError):
             pass  # the client went away or sent nonsense: nothing to clean up but the socket
         except Exception:
@@ -126,6 +153,20 @@ class ControlServer:
             hangup.cancel()
             with contextlib.suppress(Exception):
                 await answers.aclose()  # type: ignore[attr-defined]
+
+
+def _past_deadline(request: JSON) -> str | None:
+    """Why a request must not run any more (its client has given up), or None."""
+    deadline = request.get("deadline")
+    if not isinstance(deadline, int | float) or isinstance(deadline, bool):
+        return None
+    late = time.monotonic() - (deadline - REPLY_MARGIN)
+    if late < 0:
+        return None
+    return (
+        f"request reached the daemon {late:.1f} s past its deadline (the client had given up):"
+        " not run"
+    )
 
 
 async def _send(writer: asyncio.StreamWriter, message: JSON) -> None:

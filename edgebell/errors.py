@@ -10,6 +10,8 @@
     ├── CloudError                MQTT sync: a refused token list, a bad message
     ├── HomeAssistantError        the home broker's link (Home Assistant): TLS files
     ├── ControlError              the control socket: daemon not running, bad request
+    │   ├── NotRunningError       nobody listens on the socket
+    │   └── NotAnsweringError     a daemon listens but did not answer in time
     └── RegistryError             the cloud's token registry refused a call (``status``: HTTP)
         ├── BadRequest            400: malformed input
         ├── Unauthorised          401: no or a wrong bearer token
@@ -123,3 +125,7 @@ class Conflict(RegistryError):
     """Valid input the registry's present state refuses (sharing with the owner, a full list)."""
 
     status = 409
+
+
+class NotAnsweringError(ControlError):
+    """The daemon took the connection but did not answer in time (hung, stopped, overloaded)."""
