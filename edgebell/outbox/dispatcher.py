@@ -613,10 +613,11 @@ class Dispatcher:
             reason,
         )
         self._on_feedback(Feedback(n.token, status, reason, result.timestamp_ms, n.ver))
-        # Other waiting rows to the same token settle now.
-        for other in list(self._rows.values()):
-            if other.notification.token == n.token and not other.on_wire:
-                self._settle(other, Fate.FAILED)
+        # The token's other waiting pushes are dropped now, as rows of a removed token.
+        for other in list(self._same_token(n.token)):
+            fate = self._doomed(other.notification)
+            if other.notification is not n and not other.on_wire and fate is not None:
+                self._settle(other, fate)
 
     # -- links ---------------------------------------------------------------------------
 
