@@ -16,9 +16,9 @@ import h2.connection
 import h2.events
 import h2.exceptions
 import h2.settings
-import hpack
 from h2.errors import ErrorCodes
 
+from edgebell.apns.encoder import RequestEncoder
 from edgebell.apns.h2_goaway import tolerate_goaway
 from edgebell.apns.stream import Headers, Requeued, Response, Stream, StreamFailed
 from edgebell.errors import ApnsTransportError
@@ -36,15 +36,6 @@ MAX_OPEN_STREAMS = 1000
 _MAX_CONCURRENT = h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS
 
 
-class _RawEncoder(hpack.Encoder):
-    """hpack's encoder without Huffman coding: what is sent once (then indexed) gains
-    nothing from it, and what differs per push (a hex token, a UUID) shrinks by a
-    quarter at most, about 25 bytes a request, for a Python loop over every byte."""
-
-    def encode(self, headers: Any, huffman: bool = True) -> bytes:
-        return bytes(super().encode(headers, huffman=False))
-
-
 class _CountingH2Connection(h2.connection.H2Connection):
     """h2's connection, counting open streams from our own table instead of walking h2's.
 
@@ -60,7 +51,7 @@ class _CountingH2Connection(h2.connection.H2Connection):
     def __init__(self, config: h2.config.H2Configuration, open_streams: Sized) -> None:
         super().__init__(config=config)
         self._edgebell_open = open_streams
-        self.encoder = _RawEncoder()
+        self.encoder = RequestEncoder()
 
     @property
     def open_outbound_streams(self) -> int:
