@@ -8,6 +8,7 @@ import pytest
 from fixtures_apns import apns_standin, apns_standin_thread, pki  # noqa: F401
 from fixtures_home_assistant import ha_gateway_files, home_assistant, home_broker  # noqa: F401
 from fixtures_mqtt import cloud, cloud_gateway_files, mqtt_broker, mqtt_identities, signer  # noqa: F401
+from fixtures_rabbitmq import rabbit, rabbit_cloud  # noqa: F401
 from fixtures_radio import fake_receiver, rflink_receiver  # noqa: F401
 from fixtures_registry import (  # noqa: F401
     observer,
