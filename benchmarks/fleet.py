@@ -10,12 +10,19 @@ Reported: the time from the first publish to the last gateway using its list, th
 median and spread of publish -> in use per gateway, how long the fleet took to
 connect, and the memory of the broker and of the fleet's process.
 
-    .venv/bin/python benchmarks/fleet.py [--gateways 500] [--rounds 3] [--json]
+``--broker rabbitmq`` runs the same against a 3-node RabbitMQ cluster
+(``testkit/rabbitmq.py``: certificate login, quorum session queues, a user with
+its own permissions per gateway): the gateways are spread over the three nodes
+in turn, the cloud publishes on node 1, and the broker's memory is that of the
+three nodes together.
+
+    .venv/bin/python benchmarks/fleet.py [--gateways 500] [--rounds 3] [--broker rabbitmq] [--json]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import secrets
 import ssl
@@ -24,6 +31,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +43,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from edgebell.cloud import tools
 from testkit.mosquitto import CLOUD_USER, MosquittoBroker
-from testkit.pki import CertFiles, make_client_cert
+from testkit.pki import CertFiles, TestPki, make_client_cert
+from testkit.rabbitmq import RabbitCluster
 
 PREFIX = "edgebell"
 PHONES_PER_LIST = 4
@@ -44,7 +54,7 @@ _TIMEOUT = 120.0
 class Publisher:
     """The cloud backend's MQTT client: publishes many retained messages back to back."""
 
-    def __init__(self, broker: MosquittoBroker, ca: Path, identity: CertFiles) -> None:
+    def __init__(self, host: str, port: int, ca: Path, identity: CertFiles) -> None:
         self._connected = threading.Event()
         self._client = mqtt.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
@@ -57,7 +67,7 @@ class Publisher:
         # All of a round's messages in flight at once, as a backend pushing a fleet would.
         self._client.max_inflight_messages_set(65535)
         self._client.on_connect = lambda *_: self._connected.set()
-        self._client.connect(broker.host, broker.port, keepalive=60)
+        self._client.connect(host, port, keepalive=60)
         self._client.loop_start()
         if not self._connected.wait(_TIMEOUT):
             self.close()
@@ -133,7 +143,47 @@ class FleetProcess:
         self._log.close()
 
 
-def measure(gateways: int, rounds: int) -> dict[str, Any]:
+@dataclass(frozen=True, slots=True)
+class Broker:
+    """Where the gateways connect (in turn), where the cloud publishes, the broker's memory."""
+
+    urls: list[str]
+    host: str
+    port: int
+    memory: Callable[[], dict[str, float]]
+    start_s: float | None = None
+
+
+@contextlib.contextmanager
+def mosquitto(root: Path, pki: TestPki, ids: list[str]) -> Iterator[Broker]:
+    with MosquittoBroker(root / "broker", ca=pki.ca, server=pki.server) as broker:
+        pid = _pid_of(broker.config_file)
+        yield Broker([broker.url], broker.host, broker.port, lambda: proc_memory_mb(pid))
+
+
+@contextlib.contextmanager
+def rabbitmq(root: Path, pki: TestPki, ids: list[str]) -> Iterator[Broker]:
+    with RabbitCluster(root / "rabbitmq", ca=pki.ca, server=pki.server) as cluster:
+        cluster.add_gateways(ids)
+
+        def memory() -> dict[str, float]:
+            nodes = [proc_memory_mb(node.pid()) for node in cluster.nodes]
+            return {key: round(sum(n[key] for n in nodes), 1) for key in nodes[0]}
+
+        first = cluster.nodes[0]
+        yield Broker(
+            [node.url for node in cluster.nodes],
+            first.host,
+            first.mqtt_port,
+            memory,
+            cluster.start_seconds,
+        )
+
+
+BROKERS = {"mosquitto": mosquitto, "rabbitmq": rabbitmq}
+
+
+def measure(gateways: int, rounds: int, broker_kind: str = "mosquitto") -> dict[str, Any]:
     root = scratch("edgebell-fleet-")
     pki = bench_pki(root)
     certs = root / "certs"
@@ -144,15 +194,14 @@ def measure(gateways: int, rounds: int) -> dict[str, Any]:
     signing_key = tools.load_signing_key(pki.token_list_key.private_key)
     all_in_use_s: list[float] = []
     per_gateway_ms: list[float] = []
-    with MosquittoBroker(root / "broker", ca=pki.ca, server=pki.server) as broker:
-        broker_pid = _pid_of(broker.config_file)
-        broker_idle = proc_memory_mb(broker_pid)
+    with BROKERS[broker_kind](root, pki, ids) as broker:
+        broker_idle = broker.memory()
         fleet = FleetProcess(
             [
                 PYTHON,
                 str(HERE / "fleet_gateways.py"),
                 "--broker",
-                broker.url,
+                ",".join(broker.urls),
                 "--ca",
                 str(pki.ca.cert),
                 "--certs",
@@ -168,7 +217,7 @@ def measure(gateways: int, rounds: int) -> dict[str, Any]:
         )
         try:
             ready = fleet.read()
-            publisher = Publisher(broker, pki.ca.cert, cloud_identity)
+            publisher = Publisher(broker.host, broker.port, pki.ca.cert, cloud_identity)
             try:
                 ver = int(time.time() * 1000)
                 for _ in range(rounds):
@@ -184,11 +233,14 @@ def measure(gateways: int, rounds: int) -> dict[str, Any]:
             finally:
                 publisher.close()
             fleet_memory = fleet.call("memory")["memory_mb"]
-            broker_memory = proc_memory_mb(broker_pid)
+            broker_memory = broker.memory()
         finally:
             fleet.close()
     client_growth = fleet_memory["rss"] - ready["memory_before_mb"]["rss"]
     return {
+        "broker": broker_kind,
+        "broker_nodes": len(broker.urls),
+        "broker_start_s": None if broker.start_s is None else round(broker.start_s, 1),
         "gateways": gateways,
         "rounds": rounds,
         "connect_s": ready["connect_s"],
@@ -225,16 +277,20 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--gateways", type=int, default=500)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--broker", choices=sorted(BROKERS), default="mosquitto")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    result = measure(args.gateways, args.rounds)
+    result = measure(args.gateways, args.rounds, args.broker)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
     a, p = result["all_in_use_s"], result["publish_to_in_use_ms"]
     print(
-        f"fleet: {args.gateways} gateways' cloud sync in one process, {args.rounds} new lists each"
+        f"fleet: {args.gateways} gateways' cloud sync in one process, {args.rounds} new lists each,"
+        f" {args.broker} ({result['broker_nodes']} node{'s' if result['broker_nodes'] > 1 else ''})"
     )
+    if result["broker_start_s"] is not None:
+        print(f"  cluster started and joined in {result['broker_start_s']} s")
     print(f"  all connected after {result['connect_s']} s")
     print(
         f"  first publish -> last gateway using its new list: {a['median']} s"

@@ -11,6 +11,9 @@ stops every gateway cleanly.
 
     .venv/bin/python benchmarks/fleet_gateways.py --broker mqtts://127.0.0.1:PORT \
         --ca ca.crt --certs DIR --token-list-key token-list.pub --state DIR [--count 500]
+
+``--broker`` may name several brokers (the nodes of a cluster), comma-separated:
+the gateways are spread over them in turn.
 """
 
 from __future__ import annotations
@@ -80,13 +83,13 @@ class Fleet:
 
     def build(self) -> None:
         args = self._args
-        key = load_token_list_key(self._config("gw-0001"))
-        for gateway in gateway_ids(args.count):
+        key = load_token_list_key(self._config("gw-0001", 0))
+        for number, gateway in enumerate(gateway_ids(args.count)):
             store = OutboxStore(args.state / gateway / "outbox.sqlite3")
             store.open()
             hooks = Hooks(self)
             sync = CloudSync(
-                self._config(gateway),
+                self._config(gateway, number),
                 gateway_id=gateway,
                 version=__version__,
                 started_at=time.time(),
@@ -100,10 +103,11 @@ class Fleet:
             self.hooks.append(hooks)
             self.syncs.append(sync)
 
-    def _config(self, gateway: str) -> CloudConfig:
+    def _config(self, gateway: str, number: int) -> CloudConfig:
         args = self._args
+        brokers = args.broker.split(",")
         return CloudConfig(
-            url=args.broker,
+            url=brokers[number % len(brokers)],
             ca_file=args.ca,
             cert_file=args.certs / f"{gateway}.crt",
             key_file=args.certs / f"{gateway}.key",

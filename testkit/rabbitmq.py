@@ -25,10 +25,11 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 from testkit.mosquitto import CLOUD_USER, free_port
 from testkit.pki import CertFiles
@@ -112,6 +113,7 @@ class RabbitNode:
             "mqtt.exchange = amq.topic",
             # Persistent sessions survive their queue's node going down (classic ones lose).
             "mqtt.durable_queue_type = quorum",
+            "mqtt.subscription_ttl = 604800000",  # a week offline keeps the session
             "mqtt.tcp_listen_options.nodelay = true",
             "loopback_users = none",
             "log.console = false",
@@ -137,6 +139,10 @@ class RabbitNode:
                 # Its own process group: stop() signals the shell script and the VM together.
                 start_new_session=True,
             )
+
+    def pid(self) -> int:
+        """The node's Erlang VM (written by the node once it has booted)."""
+        return int((self.dir / "rabbit.pid").read_text().strip())
 
     def wait_booted(self, timeout: float = _START_TIMEOUT) -> None:
         """Until the node has booted and its MQTT listener accepts connections."""
@@ -310,58 +316,29 @@ class RabbitCluster:
         raise RuntimeError("no node of the cluster is running")
 
     def add_gateway(self, gateway_id: str, grant: GatewayGrant | None = None) -> None:
-        """A user for the certificate CN ``gateway_id`` with permissions for its own topics only.
+        """A user for the certificate CN ``gateway_id`` with permissions for its own topics only."""
+        self.add_gateways([gateway_id], grant)
+
+    def add_gateways(self, gateway_ids: Sequence[str], grant: GatewayGrant | None = None) -> None:
+        """Users and permissions for many gateways in one ``import_definitions`` (a CLI call
+        costs a second or two; a fleet's worth of them would take an hour).
 
         RabbitMQ matches permissions on queue and exchange names, and topic
         permissions on routing keys (an MQTT topic with ``/`` turned into ``.``).
         The session queue is named after the client id, so a certificate that
         claims another gateway's client id cannot open that gateway's queue.
         """
-        grant = grant or GatewayGrant()
-        node = self.running_node()
-        gid = re.escape(gateway_id)
-        queue = rf"mqtt-subscription-{gid}qos[01]"
-        key = rf"{re.escape(self.prefix)}\.{gid}"
-        self.ctl(node, "add_user", gateway_id, secrets.token_hex(16))
-        self.ctl(
-            node,
-            "set_permissions",
-            "-p",
-            "/",
-            gateway_id,
-            f"^{queue}$",
-            rf"^(amq\.topic|{queue})$",
-            rf"^(amq\.topic|{queue})$",
-        )
-        write = "|".join(re.escape(s).replace("/", r"\.") for s in grant.write)
-        read = "|".join(re.escape(s).replace("/", r"\.") for s in grant.read)
-        fleet = rf"|{re.escape(self.prefix)}\.fleet\.apns-jwt" if grant.fleet else ""
-        self.ctl(
-            node,
-            "set_topic_permissions",
-            "-p",
-            "/",
-            gateway_id,
-            "amq.topic",
-            f"^{key}\\.({write})$",
-            f"^({key}\\.({read}){fleet})$",
-        )
+        definitions = gateway_definitions(gateway_ids, self.prefix, grant or GatewayGrant())
+        path = self.dir / f"definitions-{secrets.token_hex(4)}.json"
+        path.write_text(json.dumps(definitions))
+        try:
+            self.ctl(self.running_node(), "import_definitions", str(path))
+        finally:
+            path.unlink()
 
     def remove_user(self, user: str) -> None:
         with contextlib.suppress(RuntimeError):
             self.ctl(self.running_node(), "delete_user", user)
-
-    def memory_mb(self) -> float:
-        """Resident memory of every node's VM, in MB (from /proc)."""
-        total = 0
-        for node in self.nodes:
-            pid_file = node.dir / "rabbit.pid"
-            with contextlib.suppress(OSError, ValueError):
-                pid = int(pid_file.read_text().strip())
-                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                    if line.startswith("VmRSS:"):
-                        total += int(line.split()[1])
-        return total / 1024
 
     def _wait_members(self, count: int, timeout: float = _START_TIMEOUT) -> None:
         deadline = time.monotonic() + timeout
@@ -373,6 +350,48 @@ class RabbitCluster:
                     return
             time.sleep(0.5)
         raise RuntimeError(f"the cluster did not form: {status}")
+
+
+def gateway_definitions(
+    gateway_ids: Sequence[str], prefix: str, grant: GatewayGrant
+) -> dict[str, Any]:
+    """RabbitMQ definitions: a user per gateway (no password: the certificate is the login),
+    its session queue only, its own topics only."""
+    users, permissions, topic_permissions = [], [], []
+    write = "|".join(re.escape(s).replace("/", r"\.") for s in grant.write)
+    read = "|".join(re.escape(s).replace("/", r"\.") for s in grant.read)
+    fleet = rf"|{re.escape(prefix)}\.fleet\.apns-jwt" if grant.fleet else ""
+    for gateway_id in gateway_ids:
+        gid = re.escape(gateway_id)
+        queue = rf"mqtt-subscription-{gid}qos[01]"
+        key = rf"{re.escape(prefix)}\.{gid}"
+        users.append(
+            {
+                "name": gateway_id,
+                "password_hash": "",
+                "hashing_algorithm": "rabbit_password_hashing_sha256",
+                "tags": [],
+            }
+        )
+        permissions.append(
+            {
+                "user": gateway_id,
+                "vhost": "/",
+                "configure": f"^{queue}$",
+                "write": rf"^(amq\.topic|{queue})$",
+                "read": rf"^(amq\.topic|{queue})$",
+            }
+        )
+        topic_permissions.append(
+            {
+                "user": gateway_id,
+                "vhost": "/",
+                "exchange": "amq.topic",
+                "write": f"^{key}\\.({write})$",
+                "read": f"^({key}\\.({read}){fleet})$",
+            }
+        )
+    return {"users": users, "permissions": permissions, "topic_permissions": topic_permissions}
 
 
 def _running_nodes(cluster_status_json: str) -> list[str]:

@@ -72,7 +72,7 @@ def test_a_fresh_gateway_on_another_node_gets_its_list_and_jwt_by_hello(
     with DaemonProcess(gw.files) as daemon:
         wait_ver(daemon, ver)
         status = daemon.wait_status(lambda s: s["cloud"]["apns_jwt_iat"] is not None, WAIT)
-        assert status["problems"] == []
+        assert not [p for p in status["problems"] if "provider token" in p or "cloud" in p]
         hello = rabbit_cloud.wait_message(f"{gw.p}/hello").json()
         assert hello["tokens_ver"] is None
         assert {(gw.id, "tokens"), (gw.id, "apns-jwt")} <= set(rabbit_cloud.hello_answers)
