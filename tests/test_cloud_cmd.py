@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -120,3 +121,26 @@ def test_a_command_nested_30000_deep_is_answered_with_id_null(
     assert command(cloud, cmd="ping")["ok"] is True
     assert "Traceback" not in daemon.log_text()
     assert "never retrieved" not in daemon.log_text()
+
+
+def _memory_kib(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise AssertionError(f"no {field} for {pid}")
+
+
+def test_a_50_mb_message_is_refused_before_it_is_buffered(
+    daemon: DaemonProcess, cloud: CloudPeer
+) -> None:
+    # Issue 10: 50 MB on P/tokens or P/cmd was refused only after it was buffered whole
+    # (RSS stayed at 196 MB). With MQTT 5's Maximum Packet Size the broker never sends it.
+    assert daemon.proc is not None
+    before = _memory_kib(daemon.proc.pid, "VmRSS")
+    huge = b"[" * (50 * 1024 * 1024)
+    cloud.publish(f"{P}/cmd", huge, timeout=120)
+    cloud.publish(f"{P}/tokens", huge, timeout=120)
+    assert command(cloud, cmd="ping")["ok"] is True  # after the huge one, in order
+    peak = _memory_kib(daemon.proc.pid, "VmHWM")
+    assert peak - before < 20 * 1024, (before, peak)
+    assert daemon.status()["cloud"]["connected"] is True

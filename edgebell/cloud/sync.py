@@ -45,6 +45,7 @@ from edgebell.cloud.messages import (
     status_online,
 )
 from edgebell.cloud.outgoing import OutgoingQueue
+from edgebell.cloud.packetsize import NegotiatedClient, ProtocolChoice
 from edgebell.cloud.refusals import Action, Refusals, Request
 from edgebell.cloud.tokenlist import TokenList, TokenListKeeper, TokenListRefused, Verdict
 from edgebell.config import CloudConfig
@@ -131,17 +132,19 @@ def aiomqtt_connector(config: CloudConfig, client_id: str, status_topic: str) ->
     context = tls_context(config) if config.tls else None
     will = aiomqtt.Will(status_topic, OFFLINE, qos=1, retain=True)
 
+    choice = ProtocolChoice()  # MQTT 5 (packets over 128 KB refused unread) where it can
+
     def connect() -> AbstractAsyncContextManager[MqttClient]:
-        return aiomqtt.Client(
-            config.host,
-            config.port,
+        return NegotiatedClient(
+            aiomqtt.Client,
+            choice,
+            hostname=config.host,
+            port=config.port,
             identifier=client_id,
-            clean_session=False,
             keepalive=max(1, math.ceil(config.keepalive)),
             timeout=config.connect_timeout,
             tls_context=context,
             will=will,
-            protocol=aiomqtt.ProtocolVersion.V311,
             # A ring event is one small packet: send it now, not after the last one's ACK.
             socket_options=((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),),
         )
