@@ -131,7 +131,8 @@ def _main(args: argparse.Namespace, out: TextIO) -> int:
     try:
         return _dispatch(args, out)
     except ConfigError as exc:
-        print(f"edgebell: configuration error: {exc}", file=sys.stderr)
+        for error in getattr(exc, "errors", (exc,)):  # every one found, one per line
+            print(f"edgebell: configuration error: {error}", file=sys.stderr)
         return EXIT_CONFIG
     except NotRunningError as exc:
         print(f"edgebell: {exc}", file=sys.stderr)
@@ -159,7 +160,7 @@ def _dispatch(args: argparse.Namespace, out: TextIO) -> int:
         config = load_config(args.config)
         if command == "run":
             return _run(config)
-        for warning in check_config(config):
+        for warning in check_config(config, receiver=True):
             print(f"warning: {warning}", file=out)
         if config.home_assistant is not None:
             from edgebell.config.home_assistant import describe

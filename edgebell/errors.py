@@ -2,6 +2,7 @@
 
     EdgebellError                 root: catch this to catch anything edgebell raises
     ├── ConfigError               bad configuration or a file it names; carries file, line, key path
+    │   └── ConfigErrors          several of them, found in one pass (check-config lists all)
     ├── RadioError                the serial receiver could not be opened or read
     ├── ApnsError                 talking to Apple
     │   ├── ApnsTransportError    TCP, TLS, HTTP/2, timeout, GOAWAY: retry anew
@@ -59,6 +60,27 @@ class ConfigError(EdgebellError):
             where += ": "
         key = f"{self.key}: " if self.key else ""
         return f"{where}{key}{self.message}"
+
+
+class ConfigErrors(ConfigError):
+    """Several configuration problems found in one pass: ``errors`` holds each, located.
+
+    As a string they are joined with "; " (one line for logs, status and STATUS=);
+    ``check-config`` prints them one per line.
+    """
+
+    def __init__(self, errors: list[ConfigError]) -> None:
+        self.errors = tuple(errors)
+        first = self.errors[0]
+        super().__init__(first.message, file=first.file, line=first.line, key=first.key)
+
+    def __str__(self) -> str:
+        return "; ".join(str(error) for error in self.errors)
+
+
+def config_errors(errors: list[ConfigError]) -> ConfigError:
+    """The one error, or all of them as ConfigErrors."""
+    return errors[0] if len(errors) == 1 else ConfigErrors(errors)
 
 
 class RadioError(EdgebellError):

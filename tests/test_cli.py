@@ -464,3 +464,63 @@ def test_learn_shows_escapes_in_a_frame_and_never_sends_them_to_the_terminal(
     assert "20;07;Kaku;ID=\\x1b[2J\\x1b[31m41;SWITCH=\\x9b1;CMD=ON;" in text
     assert not any(ch in text for ch in "\x1b\x9b\r")
     assert "\x1b" not in daemon.log_text()
+
+
+def _check_config(config: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "edgebell", "check-config", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+def test_check_config_reports_every_error_in_one_run(gateway_files: GatewayFiles) -> None:
+    # Issue 10: a config with two errors showed only the first.
+    def spoil(data: dict[str, Any]) -> None:
+        data["gateway"]["id"] = "bad id!"
+        data["apns"]["expiration"] = "soon"
+        data["log_level"] = "loud"
+
+    edit_config(gateway_files, spoil)
+    result = _check_config(gateway_files.config)
+    assert result.returncode == 2
+    errors = result.stderr.splitlines()
+    assert len(errors) == 3, errors
+    lines = gateway_files.config.read_text().splitlines()
+    for error, key in zip(errors, ("gateway.id", "apns.expiration", "log_level"), strict=True):
+        prefix = f"edgebell: configuration error: {gateway_files.config}:"
+        assert error.startswith(prefix), error
+        line, _, rest = error[len(prefix) :].partition(": ")
+        assert rest.startswith(f"{key}: ")
+        assert key.split(".")[-1] in lines[int(line) - 1]  # the line that has the key
+
+
+def test_check_config_names_a_missing_serial_port_and_bad_files_together(
+    gateway_files: GatewayFiles, tmp_path: Path
+) -> None:
+    # Issue 10: a nonexistent radio.port printed OK.
+    missing = tmp_path / "ttyUSB9"
+    exposed = tmp_path / "AuthKey.p8"
+
+    def spoil(data: dict[str, Any]) -> None:
+        data["radio"]["port"] = str(missing)
+        exposed.write_bytes(Path(data["apns"]["auth"]["key_file"]).read_bytes())
+        exposed.chmod(0o644)
+        data["apns"]["auth"]["key_file"] = str(exposed)
+
+    edit_config(gateway_files, spoil)
+    result = _check_config(gateway_files.config)
+    assert result.returncode == 2
+    errors = result.stderr.splitlines()
+    assert len(errors) == 2, errors
+    assert "radio.port: " in errors[0]
+    assert f"{missing} does not exist: is the receiver plugged in?" in errors[0]
+    assert "apns.auth.key_file: " in errors[1]
+
+    exposed.chmod(0o600)
+    edit_config(gateway_files, lambda d: d["radio"].update(port="socket://127.0.0.1:7777"))
+    url = _check_config(gateway_files.config)
+    assert url.returncode == 0, url.stderr
+    assert "socket://127.0.0.1:7777 is a pyserial URL: not checked here" in url.stdout

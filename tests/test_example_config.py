@@ -30,8 +30,16 @@ def test_example_passes_check_config_with_its_files_in_place(tmp_path: Path) -> 
     (credentials / "edgebell.gateway.key").chmod(0o600)
     shutil.copy(make_ed25519_keypair(tmp_path / "gen").public_key, etc / "token-list.pub")
 
+    # check-config looks for the receiver too: one is "plugged in" where the example says.
+    by_id = tmp_path / "dev" / "serial" / "by-id"
+    by_id.mkdir(parents=True)
+    (by_id / "usb-RFLink-if00").touch()
     config = tmp_path / "config.yaml"
-    config.write_text(EXAMPLE.read_text().replace("/etc/edgebell/", f"{etc}/"))
+    config.write_text(
+        EXAMPLE.read_text()
+        .replace("/etc/edgebell/", f"{etc}/")
+        .replace("/dev/serial/by-id/", f"{by_id}/")
+    )
     result = subprocess.run(
         [sys.executable, "-m", "edgebell", "check-config", "--config", str(config)],
         capture_output=True,

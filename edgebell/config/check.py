@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import datetime
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -15,39 +16,55 @@ from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.hazmat.primitives.serialization import pkcs12
 
 from edgebell.config.model import CertificateAuthConfig, Config, TokenAuthConfig
-from edgebell.errors import ConfigError
+from edgebell.errors import ConfigError, config_errors
 from edgebell.secrets import read_file, read_passphrase, read_secret
 
 # A certificate this close to its end is worth a warning: APNs certificates last a year.
 EXPIRY_WARNING = datetime.timedelta(days=30)
 
 
-def check_config(config: Config, *, now: datetime.datetime | None = None) -> list[str]:
+def check_config(
+    config: Config, *, now: datetime.datetime | None = None, receiver: bool = False
+) -> list[str]:
     """Warnings about ``config``; ConfigError, at the line of the key naming it, for a bad file.
 
     Checks the APNs key or certificate, CA files, the cloud client certificate and key,
-    and the token list verification key, in that order, stopping at the first bad one.
+    the token list verification key and the Home Assistant files, and with ``receiver``
+    (check-config, not ``run``: a receiver may be plugged in after the start) that the
+    serial port exists. Every bad file is reported, as ConfigErrors when there are several.
     """
     checker = _Checker(config, now or datetime.datetime.now(datetime.UTC))
+    errors: list[ConfigError] = []
+
+    def step(check: Callable[..., object], *args: Any, **kwargs: Any) -> None:
+        try:
+            check(*args, **kwargs)
+        except ConfigError as exc:
+            errors.extend(getattr(exc, "errors", (exc,)))
+
+    if receiver:
+        step(checker.receiver_port, config.radio.port)
     auth = config.apns.auth
     if isinstance(auth, TokenAuthConfig):
-        checker.apns_key(auth.key_file)
+        step(checker.apns_key, auth.key_file)
     elif isinstance(auth, CertificateAuthConfig):
-        checker.apns_certificate(auth)
+        step(checker.apns_certificate, auth)
     if config.apns.ca_file is not None:
-        checker.ca_file("apns.ca_file", config.apns.ca_file)
+        step(checker.ca_file, "apns.ca_file", config.apns.ca_file)
     if config.cloud is not None:
-        checker.ca_file("cloud.ca_file", config.cloud.ca_file)
-        checker.client_identity(config.cloud.cert_file, config.cloud.key_file)
-        checker.token_list_key(config.cloud.token_list_key)
+        step(checker.ca_file, "cloud.ca_file", config.cloud.ca_file)
+        step(checker.client_identity, config.cloud.cert_file, config.cloud.key_file)
+        step(checker.token_list_key, config.cloud.token_list_key)
     home = config.home_assistant
     if home is not None:
         if home.ca_file is not None:
-            checker.ca_file("home_assistant.ca_file", home.ca_file)
+            step(checker.ca_file, "home_assistant.ca_file", home.ca_file)
         if home.cert_file is not None and home.key_file is not None:
-            checker.client_identity(home.cert_file, home.key_file, section="home_assistant")
+            step(checker.client_identity, home.cert_file, home.key_file, section="home_assistant")
         if home.password_file is not None:
-            checker.password("home_assistant.password_file", home.password_file)
+            step(checker.password, "home_assistant.password_file", home.password_file)
+    if errors:
+        raise config_errors(errors)
     return checker.warnings + _warnings(config)
 
 
@@ -121,6 +138,19 @@ class _Checker:
                 f"{what} {path.name} not found in: {', '.join(places)}{hint if secret else ''}",
             )
         return self.fail(key, exc.message)
+
+    def receiver_port(self, port: str) -> None:
+        if "://" in port:  # socket://, rfc2217:// ...: only opening it can tell
+            self.warnings.append(
+                _at(self.config, "radio.port", f"{port} is a pyserial URL: not checked here")
+            )
+            return
+        if not os.path.exists(port):
+            raise self.fail(
+                "radio.port",
+                f"{port} does not exist: is the receiver plugged in? "
+                "(ls /dev/serial/by-id/ names it)",
+            )
 
     def apns_key(self, path: Path) -> None:
         key_name = "apns.auth.key_file"

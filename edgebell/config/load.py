@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 import re
 import string
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import MappingProxyType
-from typing import cast
+from typing import TypeVar, cast
 
 import yaml
 
@@ -42,7 +42,7 @@ from edgebell.config.model import (
 )
 from edgebell.config.yamltree import Document, Fields, compose
 from edgebell.durations import format_duration
-from edgebell.errors import ConfigError
+from edgebell.errors import ConfigError, config_errors
 from edgebell.privacy import short_token
 from edgebell.radio.decoders import default_baudrate
 from edgebell.radio.keys import PROTOCOLS, ButtonKey, key_from_match
@@ -106,6 +106,7 @@ CLOUD_KEYS = (
     "keepalive",
     "connect_timeout",
 )
+T = TypeVar("T")
 # The values of the one Environment enum (a device token belongs to exactly one).
 ENVIRONMENTS = tuple(env.value for env in ApnsEnvironment)
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -192,25 +193,84 @@ class _Loader:
                 root, None, "must be a mapping of sections (gateway:, radio:, apns: ...)"
             )
         top = self.doc.mapping(root, "", TOP_KEYS)
-        gateway = self.gateway(top.require("gateway"))
-        radio = self.radio(top.require("radio"))
-        buttons = self.buttons(top.get("buttons"), radio.protocol)
-        apns = self.apns(top.require("apns"))
+        # Each section is read on its own so that one run reports the errors of all of
+        # them (check-config), not only the first.
+        errors: list[ConfigError] = []
+
+        def section(read: Callable[[], T]) -> T | None:
+            try:
+                return read()
+            except ConfigError as exc:
+                errors.extend(getattr(exc, "errors", (exc,)))
+                return None
+
+        gateway = section(lambda: self.gateway(top.require("gateway")))
+        radio = section(lambda: self.radio(top.require("radio")))
+        buttons = (
+            None
+            if radio is None  # matches depend on the protocol: judged once radio is right
+            else section(lambda: self.buttons(top.get("buttons"), radio.protocol))
+        )
+        apns = section(lambda: self.apns(top.require("apns")))
         cloud_node = top.get("cloud")
-        cloud = None if cloud_node is None else self.cloud(cloud_node)
-        if isinstance(apns.auth, DelegatedAuthConfig) and cloud is None:
-            raise ConfigError(
-                "delegated needs the cloud section: the provider token comes over MQTT",
-                file=self.doc.file,
-                line=self.doc.lines.get("apns.auth.mode"),
-                key="apns.auth.mode",
+        cloud = None if cloud_node is None else section(lambda: self.cloud(cloud_node))
+        if apns is not None and isinstance(apns.auth, DelegatedAuthConfig) and cloud_node is None:
+            errors.append(
+                ConfigError(
+                    "delegated needs the cloud section: the provider token comes over MQTT",
+                    file=self.doc.file,
+                    line=self.doc.lines.get("apns.auth.mode"),
+                    key="apns.auth.mode",
+                )
             )
-        tokens = self.tokens(top.get("tokens"))
+        tokens = section(lambda: self.tokens(top.get("tokens")))
         state_node = top.get("state_dir")
         socket_node = top.get("control_socket")
         level_node = top.get("log_level")
         outbox_node = top.get("outbox")
         ha_node = top.get("home_assistant")
+        state_dir = section(
+            lambda: (
+                default_state_dir(self.environ)
+                if state_node is None
+                else self.path(state_node, "state_dir")
+            )
+        )
+        control_socket = section(
+            lambda: (
+                default_control_socket(self.environ)
+                if socket_node is None
+                else self.socket_path(socket_node, "control_socket")
+            )
+        )
+        log_level = section(
+            lambda: (
+                "info"
+                if level_node is None
+                else self.doc.choice(level_node, "log_level", LOG_LEVELS)
+            )
+        )
+        outbox = section(
+            lambda: OutboxConfig() if outbox_node is None else self.outbox(outbox_node)
+        )
+        home_assistant = (
+            None
+            if ha_node is None or gateway is None
+            else section(lambda: home_assistant_section(self, ha_node, gateway.id))
+        )
+        if errors:
+            errors.sort(key=lambda e: e.line or 0)
+            raise config_errors(errors)
+        # No error was found, so every section was read (spelled out for the type checker).
+        assert gateway is not None
+        assert radio is not None
+        assert buttons is not None
+        assert apns is not None
+        assert tokens is not None
+        assert state_dir is not None
+        assert control_socket is not None
+        assert log_level is not None
+        assert outbox is not None
         return Config(
             source=source,
             gateway=gateway,
@@ -219,26 +279,11 @@ class _Loader:
             apns=apns,
             cloud=cloud,
             tokens=tokens,
-            state_dir=(
-                default_state_dir(self.environ)
-                if state_node is None
-                else self.path(state_node, "state_dir")
-            ),
-            control_socket=(
-                default_control_socket(self.environ)
-                if socket_node is None
-                else self.socket_path(socket_node, "control_socket")
-            ),
-            log_level=cast(
-                LogLevel,
-                "info"
-                if level_node is None
-                else self.doc.choice(level_node, "log_level", LOG_LEVELS),
-            ),
-            outbox=OutboxConfig() if outbox_node is None else self.outbox(outbox_node),
-            home_assistant=(
-                None if ha_node is None else home_assistant_section(self, ha_node, gateway.id)
-            ),
+            state_dir=state_dir,
+            control_socket=control_socket,
+            log_level=cast(LogLevel, log_level),
+            outbox=outbox,
+            home_assistant=home_assistant,
             lines=MappingProxyType(dict(self.doc.lines)),
             searched=MappingProxyType(self.searched),
         )
