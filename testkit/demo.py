@@ -78,6 +78,20 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     total = 6
     root = Path(tempfile.mkdtemp(prefix="edgebell-demo-"))
+    try:
+        code = _run(root, total)
+    finally:
+        # The demo's keys are throwaway, but keys all the same: none stays in /tmp
+        # unless asked for.
+        if args.keep:
+            say(f"\nDemo files kept in {root} (keys, config, the daemon's log and database)")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+    say("\nDone. Next: `scripts/test` runs the whole test suite.")
+    return 0 if code == 0 else 1
+
+
+def _run(root: Path, total: int) -> int:
     say("edgebell demo: a doorbell press on a serial port becomes an Apple push, end to end.")
     say(f"Everything runs on this machine, in {root}; nothing is sent to Apple.")
 
@@ -164,7 +178,10 @@ def main(argv: list[str] | None = None) -> int:
             daemon.wait_status(lambda s: s["outbox"]["pending"] == 0)
             result = daemon.cli("status")
             say(textwrap.indent(result.stdout.rstrip(), "      "))
-            say(f"      (exit code {result.returncode}: 0 healthy, 1 degraded, 3 not running)")
+            say(
+                f"      (exit code {result.returncode}: 0 healthy, 1 degraded, 3 not running,"
+                " 4 cannot tell)"
+            )
             if cloud is not None:
                 cloud.show_events(say)
             if home is not None:
@@ -176,12 +193,7 @@ def main(argv: list[str] | None = None) -> int:
             say("\nThe daemon's own log of all this:")
             for line in daemon.log_text().splitlines():
                 say(f"      | {line}")
-    if args.keep:
-        say(f"\nDemo files kept in {root}")
-    else:
-        shutil.rmtree(root, ignore_errors=True)
-    say("\nDone. Next: `scripts/test` runs the whole test suite.")
-    return 0 if code == 0 else 1
+    return code
 
 
 if __name__ == "__main__":

@@ -7,10 +7,12 @@ subprocess, exactly as systemd would run it.
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import json
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -74,8 +76,10 @@ def write_config(
     environment: str = "sandbox",
 ) -> GatewayFiles:
     """Write a config.yaml for a local gateway; ``overrides`` merge into the top-level sections."""
-    # AF_UNIX paths are limited to 108 bytes: keep the socket in a short private dir.
+    # AF_UNIX paths are limited to 108 bytes: keep the socket in a short private dir,
+    # removed when the process that made it (test run, demo, benchmark) exits.
     sock_dir = Path(tempfile.mkdtemp(prefix="eb-"))
+    atexit.register(shutil.rmtree, sock_dir, ignore_errors=True)
     files = GatewayFiles(
         root=root,
         config=root / "config.yaml",

@@ -30,3 +30,22 @@ def test_demo_shows_pushes_discovery_and_the_ring_in_home_assistant(tmp_path: Pa
     assert "GET /v1/removed" in out
     assert "back   rang at" in out
     assert "reached 2 of 2 phones" in out
+    # Issue 10: every run left a folder with private keys (and an eb-* socket dir) behind.
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_demo_keep_keeps_its_folder_and_says_where(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "testkit.demo", "--keep"],
+        env={**os.environ, "TMPDIR": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    [kept] = [p for p in tmp_path.iterdir() if p.name.startswith("edgebell-demo-")]
+    assert f"Demo files kept in {kept}" in result.stdout
+    assert (kept / "config.yaml").exists()
+    assert (kept / "daemon.log").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("eb-")]
