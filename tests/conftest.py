@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -32,6 +34,28 @@ from testkit.pki import TestPki
 from testkit.standin_thread import StandInThread
 
 FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_keys_left_behind(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[None]:
+    """A green run leaves none of its generated private keys (test PKI, APNs keys) in /tmp.
+
+    pytest keeps the last three runs' temporary directories; this empties this run's at
+    its end unless a test failed (then they help to find out why). The directory and
+    its lock stay for pytest: tmp_path_retention_policy = "none" would drop the lock
+    and let another session running at the same time delete the directory under us.
+    """
+    yield
+    if request.session.testsfailed:
+        return
+    base = tmp_path_factory.getbasetemp()
+    for child in base.iterdir():
+        if child.is_dir():
+            shutil.rmtree(child, ignore_errors=True)
+        elif child.name != ".lock":
+            child.unlink(missing_ok=True)
 
 
 @pytest.fixture
