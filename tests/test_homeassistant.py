@@ -402,3 +402,21 @@ def test_apple_refusing_the_key_shows_as_auth_error_in_home_assistant(
         sensor = ha.entity("edgebell_gw-test_apns")
         assert sensor is not None
         assert "auth_error" in sensor.config["options"]
+
+
+def test_a_wiped_state_dir_still_removes_the_entities_of_removed_buttons(
+    ha_gateway_files: GatewayFiles, home_assistant: HomeAssistantPeer
+) -> None:
+    ha = home_assistant
+    with DaemonProcess(ha_gateway_files) as daemon:
+        wait_entities(ha, 5)
+        assert daemon.stop() == 0
+    # Reinstalled: the state directory is gone, the broker still retains the old configs.
+    (ha_gateway_files.state_dir / "home-assistant.json").unlink()
+    edit_config(ha_gateway_files, lambda d: d.__setitem__("buttons", d["buttons"][:1]))
+    with DaemonProcess(ha_gateway_files):
+        ha.wait_until(lambda: {e.unique_id for e in ha.entities("event")} == {FRONT_UID})
+        removed = ha.last("homeassistant/event/edgebell_gw_test/back/config")
+        assert removed is not None
+        assert removed.payload == b""
+        assert len(ha.entities()) == 4

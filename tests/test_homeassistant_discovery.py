@@ -203,3 +203,13 @@ def test_distinct_button_ids_get_distinct_valid_topics_and_unique_ids(ids: list[
     assert len([t for t in found if t.split("/")[1] == "event"]) == len(ids)
     for topic, payload in found.items():
         assert_valid(topic, payload)
+
+
+def test_leftover_configs_are_retained_ones_not_announced_now() -> None:
+    current = {"homeassistant/event/n/front/config"}
+    gone = "homeassistant/event/n/back/config"
+    assert discovery.leftover(gone, b"{}", retained=True, current=current)
+    assert not discovery.leftover(gone, b"", retained=True, current=current)  # already cleared
+    assert not discovery.leftover(gone, b"{}", retained=False, current=current)  # live, ours
+    assert not discovery.leftover(next(iter(current)), b"{}", retained=True, current=current)
+    assert LAYOUT.own_configs == "homeassistant/+/edgebell_gw_0001/+/config"

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,6 +53,11 @@ class Layout:
     def birth(self) -> str:
         """Where Home Assistant says ``online`` when it (re)starts."""
         return f"{self.discovery_prefix}/status"
+
+    @property
+    def own_configs(self) -> str:
+        """Every discovery config under this node: what a broker may still retain of ours."""
+        return f"{self.discovery_prefix}/+/{self.node_id}/+/config"
 
     def event(self, button_id: str) -> str:
         return f"{self.base_topic}/{button_id}/event"
@@ -193,6 +198,16 @@ def announcement(current: Mapping[str, bytes], announced_before: Iterable[str]) 
     return [Message(topic, b"", retain=True) for topic in gone] + [
         Message(topic, payload, retain=True) for topic, payload in current.items()
     ]
+
+
+def leftover(topic: str, payload: bytes, *, retained: bool, current: Collection[str]) -> bool:
+    """A retained config of this node that is not announced now: clear it.
+
+    The state directory remembers what was announced; this catches what it cannot
+    (a state directory wiped or restored from an old backup), as zigbee2mqtt clears
+    retained configs it no longer has at start.
+    """
+    return retained and bool(payload) and topic not in current
 
 
 def availability(layout: Layout, online: bool) -> Message:

@@ -52,6 +52,9 @@ class MqttMessage(Protocol):
     @property
     def payload(self) -> Any: ...
 
+    @property
+    def retain(self) -> bool: ...
+
 
 class MqttClient(Protocol):
     """The part of ``aiomqtt.Client`` the link uses."""
@@ -297,6 +300,8 @@ class HomeAssistantLink:
 
     async def _session(self, client: MqttClient) -> None:
         await client.subscribe(self.layout.birth, qos=1)
+        # The broker answers with the configs it retains for this node: leftovers are cleared.
+        await client.subscribe(self.layout.own_configs, qos=1)
         await self._announce(client)
         self.connected_since = self._clock()
         self.connects += 1
@@ -366,7 +371,14 @@ class HomeAssistantLink:
 
     async def _receiver(self, client: MqttClient) -> None:
         async for message in client.messages:
-            if str(message.topic) != self.layout.birth:
+            topic = str(message.topic)
+            if topic != self.layout.birth:
+                payload = message.payload if isinstance(message.payload, bytes) else b""
+                if discovery.leftover(
+                    topic, payload, retained=message.retain, current=self._announced
+                ):
+                    log.info("removing %s: no longer configured", topic)
+                    await self._send(client, Message(topic, b"", retain=True))
                 continue
             if _text(message.payload).strip().lower() == "online":
                 # Home Assistant (re)started: it may have forgotten everything but retained
