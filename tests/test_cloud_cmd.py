@@ -144,3 +144,23 @@ def test_a_50_mb_message_is_refused_before_it_is_buffered(
     peak = _memory_kib(daemon.proc.pid, "VmHWM")
     assert peak - before < 20 * 1024, (before, peak)
     assert daemon.status()["cloud"]["connected"] is True
+
+
+def test_a_command_delivered_twice_rings_once_and_both_get_the_first_reply(
+    daemon: DaemonProcess, cloud: CloudPeer, phone: str
+) -> None:
+    # QoS 1 may deliver a command again after a reconnect, and the cloud retries one whose
+    # reply it missed: the same id must not ring the doorbell twice.
+    first = command(cloud, id="twice-1", cmd="ring", button="front")
+    cloud.publish_json(f"{P}/cmd", {"id": "twice-1", "cmd": "ring", "button": "front"})
+
+    def replies(messages: list[Any]) -> list[dict[str, Any]]:
+        return [
+            r
+            for r in (m.json() for m in messages if m.topic == f"{P}/cmd/reply")
+            if r["id"] == "twice-1"
+        ]
+
+    both = replies(cloud.wait_for(lambda ms: len(replies(ms)) >= 2))
+    assert [r["ring_id"] for r in both] == [first["ring_id"]] * 2
+    assert {b["id"]: b["rings"] for b in daemon.status()["buttons"]}["front"] == 1

@@ -10,6 +10,7 @@ from aiomqtt import MqttError
 
 from edgebell.cloud.messages import BadCommand, Command, cmd_reply, parse_command
 from edgebell.errors import EdgebellError
+from edgebell.recent import RecentReplies
 from edgebell.rings import Ring
 
 log = logging.getLogger(__name__)
@@ -30,13 +31,34 @@ class CommandTarget(Protocol):
         ...
 
 
-async def answer(data: bytes, target: CommandTarget, resync: Resync, *, version: str) -> bytes:
-    """The ``P/cmd/reply`` payload for the ``P/cmd`` message ``data``."""
+async def answer(
+    data: bytes,
+    target: CommandTarget,
+    resync: Resync,
+    *,
+    version: str,
+    recent: RecentReplies[bytes] | None = None,
+) -> bytes:
+    """The ``P/cmd/reply`` payload for the ``P/cmd`` message ``data``.
+
+    With ``recent``, a command id seen before (QoS 1 delivers a message again after a
+    reconnect; the cloud retries one it had no reply to) gets the first reply again
+    instead of a second ring.
+    """
     try:
         command = parse_command(data)
     except BadCommand as exc:
         log.warning("refused a cloud command: %s", exc)
         return cmd_reply(exc.command_id, False, str(exc))
+    if recent is None:
+        return await _answer(command, target, resync, version)
+    reply, repeat = await recent.once(command.id, lambda: _answer(command, target, resync, version))
+    if repeat:
+        log.info("cloud command %s (id %s) again: answered, not run", command.cmd, command.id[:36])
+    return reply
+
+
+async def _answer(command: Command, target: CommandTarget, resync: Resync, version: str) -> bytes:
     log.info("cloud command %s (id %s)", command.cmd, command.id[:36])
     try:
         return await _run(command, target, resync, version)

@@ -52,6 +52,7 @@ from edgebell.config import CloudConfig
 from edgebell.errors import ApnsAuthError, CloudError, ConfigError
 from edgebell.outbox.dispatcher import DeliveryReport, Feedback
 from edgebell.outbox.store import OutboxStore
+from edgebell.recent import RecentReplies
 from edgebell.rings import Ring, iso_time
 from edgebell.secrets import read_file
 
@@ -187,6 +188,7 @@ class CloudSync:
         self._version = version
         self._started_at = started_at
         self._store = store
+        self._recent: RecentReplies[bytes] = RecentReplies()  # cmd ids answered lately
         self._hooks = hooks
         self._delegated = delegated
         self._connect = connector or aiomqtt_connector(config, gateway_id, self._topics.status)
@@ -595,7 +597,9 @@ class CloudSync:
             self._store.put_value(KV_PROVIDER_JWT, json.dumps(document).encode())
 
     async def _on_command(self, data: bytes) -> None:
-        reply = await commands.answer(data, self._hooks, self._resync, version=self._version)
+        reply = await commands.answer(
+            data, self._hooks, self._resync, version=self._version, recent=self._recent
+        )
         self._enqueue(topics.CMD_REPLY, reply)
 
     async def _resync(self) -> tuple[bool, str]:
