@@ -391,6 +391,7 @@ class OutboxStore:
         self._kv = _Table()
         self._lock = threading.RLock()  # re-entered by add() inside transaction()
         self._batching = 0
+        self._batched = False  # something to commit when the outermost transaction ends
         self._wake = threading.Event()
         self._idle = threading.Condition(self._lock)
         self._stop = False
@@ -522,7 +523,8 @@ class OutboxStore:
                 yield
             finally:
                 self._batching -= 1
-                if self._batching == 0:
+                if self._batching == 0 and self._batched:
+                    self._batched = False
                     self._commit_outbox()
 
     def add(self, notifications: Sequence[Notification]) -> None:
@@ -539,8 +541,8 @@ class OutboxStore:
                 self._notifications.put(n.apns_id, n)
                 self._at_risk.add(n.apns_id)
                 fresh = True
-            if fresh and not self._batching:
-                self._commit_outbox()
+            if fresh:
+                self._commit_or_batch()
 
     def collapse(self, n: Notification) -> None:
         """A row now stands for more rings (a new one among them): committed now.
@@ -561,8 +563,7 @@ class OutboxStore:
                     ):
                         self._notifications.drop(other.apns_id)
                         self._at_risk.discard(other.apns_id)
-            if not self._batching:
-                self._commit_outbox()
+            self._commit_or_batch()
 
     def is_durable(self, ring_id: str) -> bool:
         """Whether ring ``ring_id``'s rows are on disk (False while they are only in memory)."""
@@ -662,8 +663,15 @@ class OutboxStore:
             or self._kv.dirty
         )
 
+    def _commit_or_batch(self) -> None:
+        if self._batching:
+            self._batched = True
+        else:
+            self._commit_outbox()
+
     def _commit_outbox(self) -> None:
-        if self._outbox.write(self._write_outbox):
+        ok = self._outbox.write(self._write_outbox)
+        if ok:
             self._notifications.dirty.clear()
             self._outgoing.dirty.clear()
             self._at_risk.clear()
