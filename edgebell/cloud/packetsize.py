@@ -72,22 +72,30 @@ class NegotiatedClient:
             )
             try:
                 self._client = await client.__aenter__()
-            except aiomqtt.MqttCodeError as exc:
-                if _code(exc.rc) not in _WRONG_VERSION:
+            except aiomqtt.MqttError as exc:
+                if not _maybe_wrong_version(exc):
                     raise
+                # Brokers that predate MQTT 5 refuse it (3.1.1's return code 1) or, as
+                # RabbitMQ before 3.13 does, never answer the CONNECT: try 3.1.1 at once,
+                # and keep to it only if that works.
+                self._client = await self._v311()
                 self._choice.mqtt5 = False
                 log.warning(
                     "the cloud broker does not speak MQTT 5 (%s): using 3.1.1, where only the "
                     "broker's own limit keeps an oversize message from being buffered",
                     exc,
                 )
+                return self._client
             else:
                 return self._client
+        self._client = await self._v311()
+        return self._client
+
+    async def _v311(self) -> aiomqtt.Client:
         client = self._make(
             **self._options, protocol=aiomqtt.ProtocolVersion.V311, clean_session=False
         )
-        self._client = await client.__aenter__()
-        return self._client
+        return await client.__aenter__()
 
     async def __aexit__(
         self,
@@ -100,6 +108,12 @@ class NegotiatedClient:
 
     def __repr__(self) -> str:
         return f"NegotiatedClient(mqtt5={self._choice.mqtt5})"
+
+
+def _maybe_wrong_version(exc: aiomqtt.MqttError) -> bool:
+    if isinstance(exc, aiomqtt.MqttCodeError):
+        return _code(exc.rc) in _WRONG_VERSION
+    return "timed out" in str(exc).lower()
 
 
 def _code(rc: object) -> int | None:
