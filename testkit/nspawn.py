@@ -21,6 +21,7 @@ Facts found on machines like CI's (a VM where systemd is not PID 1, or not runni
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import fcntl
 import hashlib
 import os
@@ -215,6 +216,15 @@ class Bind:
         return f"--bind{'-ro' if self.read_only else ''}={self.host}:{self.dest}"
 
 
+def _power_off_with_parent() -> None:
+    """Runs in nspawn's child before exec: SIGTERM (an orderly power-off) if the tests die.
+
+    A test runner killed mid-session must not leave a booted container behind.
+    """
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0)
+
+
 def _is_mount_point(path: Path, fstype: str) -> bool:
     for line in Path("/proc/self/mountinfo").read_text().splitlines():
         fields = line.split()
@@ -292,7 +302,12 @@ class Container:
             out.write(f"$ {shlex.join(argv)}\n".encode())
             out.flush()
             self._proc = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                preexec_fn=_power_off_with_parent,
             )
         deadline = time.monotonic() + timeout
         self._leader = self._wait_leader(deadline)

@@ -392,6 +392,11 @@ def _refused(system: System, device: str, major: int, minor: int) -> str:
             return data["radio"]["last_error"]
 
         message: str = system.wait(error, f"a receiver error for {device}")
+        # systemctl status says it too (the daemon is still starting: READY waits 10 s).
+        system.wait(
+            lambda: "DeviceAllow= does not cover" in system.show("StatusText")["StatusText"],
+            "STATUS= naming the device cgroup",
+        )
         # Root outside the service opens the node without EPERM: the unit's cgroup refused it.
         probe = system.sh(
             "python3",
