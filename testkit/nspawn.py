@@ -216,6 +216,50 @@ class Bind:
         return f"--bind{'-ro' if self.read_only else ''}={self.host}:{self.dest}"
 
 
+def _new_cgroup(name: str) -> Path:
+    """A fresh cgroup (v2) below this process's own, for one container.
+
+    With ``--keep-unit`` nspawn builds the container's tree (``payload``, ``supervisor``)
+    inside the cgroup it is started in. Two sessions started from the same cgroup (the
+    root, on a machine without systemd) would share that tree: each container's systemd
+    would then tear down the other's unit cgroups and device programs (seen as devices
+    the unit refuses becoming reachable). A cgroup of its own per container prevents it.
+    """
+    mount = next(
+        (
+            line.split()[1]
+            for line in Path("/proc/self/mounts").read_text().splitlines()
+            if line.split()[2] == "cgroup2"
+        ),
+        None,
+    )
+    own = next(
+        (
+            line.split("::", 1)[1]
+            for line in Path("/proc/self/cgroup").read_text().splitlines()
+            if line.startswith("0::")
+        ),
+        None,
+    )
+    if mount is None or own is None:
+        raise CannotBoot("no cgroup v2 hierarchy is mounted: systemd cannot run in a container")
+    cgroup = Path(mount) / own.strip().lstrip("/") / name
+    try:
+        cgroup.mkdir()
+    except OSError as exc:
+        raise CannotBoot(f"cannot create the container's cgroup {cgroup}: {exc}") from exc
+    return cgroup
+
+
+def _remove_cgroup(cgroup: Path) -> None:
+    """Remove an emptied cgroup tree, deepest first (best effort: a busy one stays)."""
+    for path in sorted((p for p in cgroup.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+        with contextlib.suppress(OSError):
+            path.rmdir()
+    with contextlib.suppress(OSError):
+        cgroup.rmdir()
+
+
 def _power_off_with_parent() -> None:
     """Runs in nspawn's child before exec: SIGTERM (an orderly power-off) if the tests die.
 
@@ -243,17 +287,18 @@ class Container:
     """
 
     def __init__(
-        self, rootfs: Path, workdir: Path, *, binds: Sequence[Bind] = (), name: str = "edgebell"
+        self, rootfs: Path, workdir: Path, *, binds: Sequence[Bind] = (), name: str = ""
     ) -> None:
         self.rootfs = rootfs
         self.workdir = workdir
         self.binds = tuple(binds)
-        self.name = name
+        # Unique per run: two test sessions on one machine must not share a machine name.
+        self.name = name or f"edgebell-test-{os.getpid()}"
         self.root = workdir / "merged"
         self.console = workdir / "console.log"
         self._proc: subprocess.Popen[bytes] | None = None
         self._leader: int | None = None
-        self._mounted_nspawn_run = False
+        self._cgroup: Path | None = None
 
     def __enter__(self) -> Container:
         try:
@@ -283,8 +328,9 @@ class Container:
         )
         NSPAWN_RUN.mkdir(parents=True, exist_ok=True)
         if not _is_mount_point(NSPAWN_RUN, "tmpfs"):
+            # Left mounted afterwards: another session's container may be using it by then.
             run_logged(["mount", "-t", "tmpfs", "tmpfs", str(NSPAWN_RUN)], self.console, timeout=60)
-            self._mounted_nspawn_run = True
+        self._cgroup = _new_cgroup(self.name)
         argv = [
             "systemd-nspawn",
             "--quiet",
@@ -307,7 +353,7 @@ class Container:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env=env,
-                preexec_fn=_power_off_with_parent,
+                preexec_fn=self._in_child,
             )
         deadline = time.monotonic() + timeout
         self._leader = self._wait_leader(deadline)
@@ -323,6 +369,12 @@ class Container:
                     f"(state {state.stdout.strip()!r}):\n{tail(self.console)}"
                 )
             time.sleep(0.2)
+
+    def _in_child(self) -> None:
+        """Runs in nspawn's child before exec: its own cgroup, and power-off with the tests."""
+        if self._cgroup is not None:
+            (self._cgroup / "cgroup.procs").write_text("0")
+        _power_off_with_parent()
 
     def _check_alive(self) -> None:
         if self._proc is not None and self._proc.poll() is not None:
@@ -388,8 +440,8 @@ class Container:
                 proc.wait()
         if _is_mount_point(self.root, "overlay"):
             subprocess.run(["umount", str(self.root)], capture_output=True, check=False)
-        if self._mounted_nspawn_run:
-            subprocess.run(["umount", str(NSPAWN_RUN)], capture_output=True, check=False)
-            self._mounted_nspawn_run = False
+        if self._cgroup is not None:
+            _remove_cgroup(self._cgroup)
+            self._cgroup = None
         for d in ("upper", "work", "merged"):
             shutil.rmtree(self.workdir / d, ignore_errors=True)
