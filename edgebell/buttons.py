@@ -41,6 +41,8 @@ class _ButtonState:
     last_frame_at: float | None = None
     last_ring_at: float | None = None
     held_presses: int = 0  # presses swallowed by cooldown, reported with the next ring
+    rings: int = 0  # rings accepted for this button since start (what status shows)
+    rang_at: float | None = None  # epoch seconds of the last accepted ring (the ring's own)
 
 
 class ButtonTracker:
@@ -90,9 +92,26 @@ class ButtonTracker:
         tracker = ButtonTracker(buttons, debounce=debounce, cooldown=cooldown)
         for button in tracker.buttons:
             old = self._by_id.get(button.id)
-            if old is not None and old.key == button.key:
-                tracker._state[button.id] = self._state[button.id]
+            if old is None:
+                continue
+            state = self._state[button.id]
+            if old.key == button.key:
+                tracker._state[button.id] = state
+            else:  # a new key is a new transmitter, but the button's ring count goes on
+                new = tracker._state[button.id]
+                new.rings, new.rang_at = state.rings, state.rang_at
         return tracker
+
+    def count_ring(self, button_id: str, at: float) -> None:
+        """Count an accepted ring of ``button_id`` (``at``: the ring's epoch seconds)."""
+        state = self._state.get(button_id)
+        if state is not None:
+            state.rings += 1
+            state.rang_at = at
+
+    def ring_counts(self) -> list[tuple[str, float | None, int]]:
+        """Per button: its id, when it last rang (epoch seconds) and how often since start."""
+        return [(b.id, self._state[b.id].rang_at, self._state[b.id].rings) for b in self.buttons]
 
     def ring_now(self, button_id: str, now: float) -> Press:
         """A ring asked for by a person (CLI, cloud): ignores debounce and cooldown."""

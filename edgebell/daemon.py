@@ -10,14 +10,12 @@ import os
 import signal
 import time
 from collections.abc import Awaitable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from edgebell import __version__
 from edgebell.apns.auth import ApnsAuth, CertificateAuth, DelegatedAuth, TokenAuth
 from edgebell.apns.client import ApnsClient
 from edgebell.apns.credentials import CredentialsCheck
-from edgebell.apns.model import Environment
-from edgebell.buttons import Button, ButtonTracker, Verdict
 from edgebell.commands import ControlCommands
 from edgebell.config import (
     CertificateAuthConfig,
@@ -27,26 +25,24 @@ from edgebell.config import (
     check_config,
     load_config,
 )
-from edgebell.control import JSON
 from edgebell.control_server import ControlServer
-from edgebell.errors import ApnsError, ConfigError
+from edgebell.errors import ConfigError
 from edgebell.logs import set_level
-from edgebell.notifier import Notifier, Template
 from edgebell.outbox.dispatcher import DeliveryReport, Dispatcher, Feedback
 from edgebell.outbox.store import OutboxStore
-from edgebell.radio.events import BadFrame, Banner, Frame, RadioEvent
 from edgebell.radio.serial import SerialReceiver
 from edgebell.reload import adopt, differences
-from edgebell.rings import Notification, Ring, new_id
+from edgebell.ringpath import RingPath, RingRules
 from edgebell.sdnotify import Notifier as SystemdNotifier
 from edgebell.secrets import read_passphrase, read_secret
+from edgebell.service import CommandService
 from edgebell.status import ConfigState, StatusReport, build_status
-from edgebell.tokens import AuthorisedToken, Suppression, TokenBook
+from edgebell.tokens import TokenBook
+from edgebell.tokensources import TokenSources
 
 if TYPE_CHECKING:  # the MQTT stack is imported only by gateways that have a cloud section
-    from edgebell.cloud.messages import ProviderToken
+    from edgebell.cloud.gateway import CloudHooks
     from edgebell.cloud.sync import CloudSync
-    from edgebell.cloud.tokenlist import TokenList
     from edgebell.homeassistant.link import HomeAssistantLink
 
 log = logging.getLogger(__name__)
@@ -77,7 +73,7 @@ def make_auth(config: Config) -> ApnsAuth:
 
 
 class Daemon:
-    """One running gateway. ``run()`` returns the process exit code."""
+    """One running gateway, built complete from its config. ``run()`` returns the exit code."""
 
     def __init__(
         self,
@@ -94,34 +90,94 @@ class Daemon:
         self._started_mono = time.monotonic()
         self._stop = asyncio.Event()
         self._systemd = SystemdNotifier(environ)
-        self.tokens = TokenBook(topic=config.apns.topic)
+        self.ready = False
+        apns, radio = config.apns, config.radio
+        # None of these does I/O yet: it starts in run(), once the control socket is ours.
+        self.tokens = TokenBook(topic=apns.topic)
+        self.token_sources = TokenSources(self.tokens, config)
         max_size = config.outbox.max_size
         self.store = OutboxStore(
             config.state_dir / "outbox.sqlite3",
             max_page_count=None if max_size is None else max_size // OUTBOX_PAGE_SIZE,
         )
-        self.tracker = ButtonTracker(
-            [Button(b.id, b.name, b.key) for b in config.buttons],
-            debounce=config.radio.debounce,
-            cooldown=config.radio.cooldown,
+        self.auth = make_auth(config)
+        self.client = ApnsClient(
+            auth=self.auth,
+            host_override=apns.host,
+            ca_file=apns.ca_file,
+            connect_timeout=apns.connect_timeout,
+            request_timeout=apns.request_timeout,
+            ping_interval=apns.ping_interval,
         )
-        n = config.apns.notification
-        self.notifier = Notifier(
-            Template(n.title, n.body, n.sound, n.collapsed),
-            expiration=config.apns.expiration,
-            default_env=config.apns.environment,
+        self.credentials = CredentialsCheck(
+            self.client,
+            apns.topic,
+            enabled=apns.verify_credentials,
+            retry=(apns.retry_min, apns.retry_max),
         )
-        self.rings: dict[str, tuple[float | None, int]] = {b.id: (None, 0) for b in config.buttons}
-        self.commands = ControlCommands(self)
-        self.client: ApnsClient | None = None
-        self.dispatcher: Dispatcher | None = None
-        self.receiver: SerialReceiver | None = None
-        self.cloud: CloudSync | None = None
+        self.rules = RingRules(config)
+        # The cloud sync is built last (its hooks need the command service); the
+        # dispatcher's feedback and reports reach it through these two relays.
+        cloud: CloudSync | None = None
+
+        def feedback(fb: Feedback) -> None:
+            if cloud is not None:
+                entry = self.tokens.get(fb.token)
+                cloud.feedback(fb, None if entry is None else entry.registered_at)
+
+        def report(rep: DeliveryReport) -> None:
+            if cloud is not None:
+                cloud.delivery(rep)
+
+        self.dispatcher = Dispatcher(
+            sender=self.client,
+            store=self.store,
+            tokens=self.tokens,
+            topic=apns.topic,
+            retry_min=apns.retry_min,
+            retry_max=apns.retry_max,
+            collapse=self.rules.collapse,
+            on_feedback=feedback,
+            on_report=report,
+        )
+        self.client.on_lost = (
+            self.dispatcher.connection_lost
+        )  # the engine decides when to reconnect
+        self.ring_path = RingPath(
+            self.rules, store=self.store, tokens=self.tokens, outbox=self.dispatcher
+        )
+        self.receiver = SerialReceiver(
+            radio.port,
+            radio.protocol,
+            radio.baudrate,
+            self.ring_path.on_radio_event,
+            ping_interval=radio.ping_interval or None,
+            ping_timeout=radio.ping_timeout,
+            backoff_min=radio.reconnect_min,
+            backoff_max=radio.reconnect_max,
+        )
+        self.service = CommandService(
+            config=lambda: self.config,
+            ring_path=self.ring_path,
+            store=self.store,
+            tokens=self.tokens,
+            sender=self.client,
+            dead_tokens=self.dispatcher,
+            status=self.status,
+            reload=self.reload,
+            config_state=lambda: self.config_state,
+            receiver_connected=lambda: self.receiver.status().connected,
+        )
+        self.ring_path.on_unknown = self.service.tell_learners
+        self.control = ControlServer(
+            config.control_socket, ControlCommands(self.service).handlers()
+        )
+        self.cloud_hooks: CloudHooks | None = None
+        if config.cloud is not None:
+            cloud, self.cloud_hooks = _cloud(self, config)
+        self.cloud = cloud
         self.home_assistant: HomeAssistantLink | None = None
-        self._background: set[asyncio.Task[None]] = set()  # fire-and-forget tasks, kept alive
-        self._auth: ApnsAuth | None = None
-        self.credentials: CredentialsCheck | None = None
-        self.ready = False
+        self._update_listeners()
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -130,50 +186,9 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
-        auth = self._auth = make_auth(self.config)
-        apns = self.config.apns
-        # Built here, used only after the control socket is ours: none of these does I/O yet.
-        client = ApnsClient(
-            auth=auth,
-            host_override=apns.host,
-            ca_file=apns.ca_file,
-            connect_timeout=apns.connect_timeout,
-            request_timeout=apns.request_timeout,
-            ping_interval=apns.ping_interval,
-        )
-        self.credentials = CredentialsCheck(
-            client,
-            apns.topic,
-            enabled=apns.verify_credentials,
-            retry=(apns.retry_min, apns.retry_max),
-        )
-        self.dispatcher = Dispatcher(
-            sender=client,
-            store=self.store,
-            tokens=self.tokens,
-            topic=apns.topic,
-            retry_min=apns.retry_min,
-            retry_max=apns.retry_max,
-            collapse=self._collapse,
-            on_feedback=self._on_feedback,
-            on_report=self._on_report,
-        )
-        client.on_lost = self.dispatcher.connection_lost  # the engine decides when to reconnect
-        radio = self.config.radio
-        self.receiver = SerialReceiver(
-            radio.port,
-            radio.protocol,
-            radio.baudrate,
-            self._on_radio_event,
-            ping_interval=radio.ping_interval or None,
-            ping_timeout=radio.ping_timeout,
-            backoff_min=radio.reconnect_min,
-            backoff_max=radio.reconnect_max,
-        )
-        control = ControlServer(self.config.control_socket, self.commands.handlers())
         # The control socket is the single-instance lock: a second `edgebell run` stops here,
         # before it touches the running daemon's database or takes over its MQTT session.
-        await control.start()
+        await self.control.start()
         tasks: list[asyncio.Task[None]] = []
         try:
             # No await until the rows are resumed: no ring (from the socket) can be queued
@@ -181,8 +196,10 @@ class Daemon:
             self.store.open()
             pending = self.store.load_pending()
             self._load_tokens()
-            self._open_cloud()
-            self.client = client  # after restore: the warm-up below connects what the list needs
+            if self.cloud is not None:
+                self.cloud.restore()  # what it kept on disk, read before the store's writer starts
+            if self.cloud_hooks is not None:
+                self.cloud_hooks.started = True  # the warm-up below connects what the list needs
             self.store.start()
             if pending:
                 log.info("resuming %d undelivered notifications from the outbox", len(pending))
@@ -208,14 +225,12 @@ class Daemon:
             finally:
                 stopping.cancel()
         finally:
-            await self._shut_down(control, client, tasks)
+            await self._shut_down(tasks)
         log.info("stopped")
         self._systemd.close()
         return 0
 
-    async def _shut_down(
-        self, control: ControlServer, client: ApnsClient, tasks: list[asyncio.Task[None]]
-    ) -> None:
+    async def _shut_down(self, tasks: list[asyncio.Task[None]]) -> None:
         """Stop within one budget: in-flight pushes and the cloud's goodbye share it."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + DRAIN_TIMEOUT
@@ -228,11 +243,8 @@ class Daemon:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        if self.credentials is not None:
-            await self.credentials.aclose()
-        steps = [control.close()]
-        if self.dispatcher is not None:
-            steps.append(self.dispatcher.drain(left(CLOSE_RESERVE)))
+        await self.credentials.aclose()
+        steps = [self.control.close(), self.dispatcher.drain(left(CLOSE_RESERVE))]
         if self.cloud is not None:
             steps.append(self.cloud.stop(min(CLOUD_STOP_TIMEOUT, left(CLOSE_RESERVE))))
         if self.home_assistant is not None:
@@ -241,7 +253,7 @@ class Daemon:
         # Last, once the drain has queued its writes: the connections, and the database
         # (its writer joined off the loop, so a slow disk cannot stall the deadline).
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(client.aclose(), max(left(), 0.1))
+            await asyncio.wait_for(self.client.aclose(), max(left(), 0.1))
         await asyncio.to_thread(self.store.close, max(left(), 0.5))
 
     def request_stop(self) -> None:
@@ -249,20 +261,14 @@ class Daemon:
 
     async def _warm_up(self) -> None:
         """Open the APNs connections now so the first ring finds them warm; wait for the radio."""
-        assert self.client is not None
-        assert self.receiver is not None
-        envs = {Environment(t.env) for t in self.tokens.active()} or {
-            Environment(self.config.apns.environment)
-        }
+        envs = self.token_sources.envs_in_use()
         results = await asyncio.gather(
             *(self.client.connect(env) for env in envs), return_exceptions=True
         )
         for env, result in zip(envs, results, strict=True):
             if isinstance(result, BaseException):
                 log.warning("APNs %s not reachable at start (%s): will retry", env.value, result)
-                assert self.dispatcher is not None
                 self.dispatcher.connect_failed(env, str(result))
-        assert self.credentials is not None
         self.credentials.recheck(envs, "start")
         # READY's STATUS= line then carries Apple's verdict, not "not yet proven".
         apns = self.config.apns
@@ -270,11 +276,6 @@ class Daemon:
             _within(self.receiver.wait_connected(), self._ready_grace),
             _within(self.credentials.wait_answered(), apns.connect_timeout + apns.request_timeout),
         )
-
-    def _envs_in_use(self) -> set[Environment]:
-        return {Environment(t.env) for t in self.tokens.active()} or {
-            Environment(self.config.apns.environment)
-        }
 
     def _announce_ready(self) -> None:
         self.ready = True
@@ -297,26 +298,8 @@ class Daemon:
             await asyncio.sleep(interval)
 
     def _load_tokens(self) -> None:
-        self._apply_static_tokens()
-        self.tokens.restore_suppressed(
-            {
-                s.token: Suppression(s.status, s.reason, s.timestamp_ms, s.env, s.topic)
-                for s in self.store.load_suppressed()
-            }
-        )
-
-    def _apply_static_tokens(self) -> None:
-        """The config's ``tokens`` and the cloud's list into the book (start, reload, new list)."""
-        default_env = self.config.apns.environment
-        static = [AuthorisedToken(t.token, t.env or default_env) for t in self.config.tokens]
-        cloud_list = None if self.cloud is None else self.cloud.token_list
-        if cloud_list is None:
-            self.tokens.replace(static, None)
-        else:
-            # A token in both comes from the cloud's list: its buttons, its registered_at.
-            listed = {t.token for t in cloud_list.tokens}
-            merged = [t for t in static if t.token not in listed] + list(cloud_list.tokens)
-            self.tokens.replace(merged, cloud_list.ver)
+        self.token_sources.use_config(self.config)
+        self.tokens.restore_suppressed(self.store.load_suppressed())
 
     # -- SIGHUP: reload the configuration ------------------------------------------------------
 
@@ -344,25 +327,12 @@ class Daemon:
         applied = differences(self.config, running)
         pending = differences(running, new)
         self.config = running
-        self.tracker = self.tracker.reconfigured(
-            [Button(b.id, b.name, b.key) for b in running.buttons],
-            debounce=running.radio.debounce,
-            cooldown=running.radio.cooldown,
-        )
-        for b in running.buttons:
-            self.rings.setdefault(b.id, (None, 0))
-        n = running.apns.notification
-        self.notifier = Notifier(
-            Template(n.title, n.body, n.sound, n.collapsed),
-            expiration=running.apns.expiration,
-            default_env=running.apns.environment,
-        )
-        self._apply_static_tokens()
-        if self.dispatcher is not None:
-            self.dispatcher.purge_inactive()  # queued pushes to tokens no longer listed go
+        self.rules.reconfigure(running)
+        self.token_sources.use_config(running)
+        self.dispatcher.purge_inactive()  # queued pushes to tokens no longer listed go
         self._reload_home_assistant()
-        if self.credentials is not None and self.ready:
-            self.credentials.recheck(self._envs_in_use(), "reload")
+        if self.ready:
+            self.credentials.recheck(self.token_sources.envs_in_use(), "reload")
         set_level(running.log_level)
         self.config_state = ConfigState(str(source), time.time(), None, tuple(pending))
         log.info(
@@ -379,96 +349,6 @@ class Daemon:
         if self.ready:
             self._systemd.ready(self.status().summary)  # READY=1 ends systemd's "reloading"
 
-    # -- the ring path ------------------------------------------------------------------
-
-    def _on_radio_event(self, event: RadioEvent) -> None:
-        if isinstance(event, Frame):
-            press = self.tracker.on_frame(event.key, time.monotonic())
-            if press.verdict is Verdict.RING and press.button is not None:
-                self.ring(press.button, press.presses)
-            elif press.verdict is Verdict.UNKNOWN:
-                self.commands.tell_learners(event)
-            elif press.verdict is Verdict.COOLDOWN and press.button is not None:
-                log.info("button %s pressed again within cooldown: counted", press.button.id)
-        elif isinstance(event, Banner):
-            log.info("receiver announced itself: %s", event.text)
-        elif isinstance(event, BadFrame):
-            log.debug("undecodable receiver output (%s)", event.reason)
-
-    def ring(self, button: Button, presses: int = 1, *, manual: bool = False) -> Ring:
-        """Accept a ring: fan out to every authorised phone at once."""
-        assert self.dispatcher is not None
-        ring = Ring(new_id(), button.id, button.name, time.time(), presses, manual)
-        notifications: list[Notification] = []
-        try:
-            notifications = self.notifier.fan_out(ring, self.tokens.for_button(button.id))
-            # Accepted: every phone's row in one commit, before anything else happens (no
-            # log line, no push); the dispatcher may then fold them into waiting pushes.
-            self.store.add(notifications)
-            with self.store.transaction():
-                self.dispatcher.submit(notifications)
-        except Exception:
-            # A bug in the fan-out must not lose the ring: it is still counted and published.
-            log.exception("ring %s: cannot push it to the phones", ring.ring_id[:8])
-            notifications = []
-        # Everything below acknowledges the ring: the dispatcher has committed its rows
-        # (store.add), or they wait in memory for a failing disk and the log line says so.
-        durable = self.store.is_durable(ring.ring_id)
-        if self.cloud is not None:
-            self.cloud.ring(ring)
-        if self.home_assistant is not None:
-            self.home_assistant.ring(ring)  # a queue append: published by the link's own task
-        _, count = self.rings.get(button.id, (None, 0))
-        self.rings[button.id] = (ring.at, count + 1)
-        log.info(
-            "ring %s: %s (%s)%s, pushing to %d phone%s%s",
-            ring.ring_id[:8],
-            button.id,
-            button.name,
-            f", {presses} presses" if presses > 1 else "",
-            len(notifications),
-            "" if len(notifications) == 1 else "s",
-            "" if durable else f"; NOT on disk yet ({self.store.health().last_error})",
-        )
-        if not notifications:
-            self.dispatcher.open_ring(ring.ring_id)
-        return ring
-
-    def _on_feedback(self, feedback: Feedback) -> None:
-        if self.cloud is not None:
-            entry = self.tokens.get(feedback.token)
-            self.cloud.feedback(feedback, None if entry is None else entry.registered_at)
-
-    def _collapse(self, older: Notification, newer: Notification) -> Notification:
-        """One push for two rings of one button that waited for Apple (see Notifier.collapsed)."""
-        button = self.tracker.button(newer.button)
-        return self.notifier.collapsed(
-            older, newer, newer.button if button is None else button.name
-        )
-
-    def _on_report(self, report: DeliveryReport) -> None:
-        if self.cloud is not None:
-            self.cloud.delivery(report)
-
-    # -- the cloud (MQTT) ----------------------------------------------------------------------
-
-    def _open_cloud(self) -> None:
-        """The MQTT sync, with what it kept on disk (read before the store's writer starts)."""
-        if self.config.cloud is None:
-            return
-        from edgebell.cloud.sync import CloudSync
-
-        self.cloud = CloudSync(
-            self.config.cloud,
-            gateway_id=self.config.gateway.id,
-            version=__version__,
-            started_at=self.started_at,
-            store=self.store,
-            hooks=self,
-            delegated=isinstance(self._auth, DelegatedAuth),
-        )
-        self.cloud.restore()
-
     # -- Home Assistant (the home's own MQTT broker) ---------------------------------------------
 
     def _open_home_assistant(self) -> None:
@@ -477,6 +357,7 @@ class Daemon:
         from edgebell.homeassistant.gateway import open_link
 
         self.home_assistant = open_link(self.config, __version__, self)
+        self._update_listeners()
 
     def _reload_home_assistant(self) -> None:
         if self.home_assistant is None and self.config.home_assistant is None:
@@ -484,69 +365,24 @@ class Daemon:
         from edgebell.homeassistant.gateway import reload_link
 
         self.home_assistant = reload_link(self.home_assistant, self.config, __version__, self)
+        self._update_listeners()
 
-    def token_list_changed(self, token_list: TokenList) -> None:
-        self._apply_static_tokens()
-        if self.dispatcher is not None:
-            self.dispatcher.purge_inactive()  # queued pushes to removed tokens are dropped now
-        self._warm_new_environments()
-
-    def _warm_new_environments(self) -> None:
-        """A list that brings the first phone of an environment: connect now, not at the ring."""
-        if self.client is None:
-            return
-        connected = self.client.status().connected
-        for env in {Environment(t.env) for t in self.tokens.active()}:
-            if not connected.get(env.value):
-                task = asyncio.create_task(self._warm(env), name=f"warm {env.value}")
-                self._background.add(task)
-                task.add_done_callback(self._background.discard)
-
-    async def _warm(self, env: Environment) -> None:
-        assert self.client is not None
-        try:
-            await self.client.connect(env)
-        except ApnsError as exc:  # the first push to it will try again and report
-            log.warning("APNs %s not reachable (%s): will retry", env.value, exc)
-
-    def pending_pushes(self) -> int:
-        return 0 if self.dispatcher is None else self.dispatcher.status().pending
-
-    def use_provider_token(self, token: ProviderToken) -> bool:
-        if not isinstance(self._auth, DelegatedAuth):
-            return False
-        taken = self._auth.set_token(token.jwt, token.iat)
-        if taken and self.dispatcher is not None:
-            self.dispatcher.wake_all()  # pushes that waited for a JWT go now, not after backoff
-        if taken and self.credentials is not None and self.client is not None:
-            self.credentials.recheck(self._envs_in_use(), "new provider JWT")
-        return taken
-
-    def ring_button(self, button: str) -> Ring | None:
-        """Ring ``button`` now, as ``edgebell ring`` does (no debounce, no cooldown)."""
-        press = self.tracker.ring_now(button, time.monotonic())
-        if press.button is None:
-            return None
-        return self.ring(press.button, press.presses, manual=True)
-
-    async def test_push(self, token: Any) -> list[JSON]:
-        """Push a test notification now, for the cloud's ``test-push`` (see ControlCommands)."""
-        return await self.commands.test_push(token)
+    def _update_listeners(self) -> None:
+        """Who is told of each ring: the cloud (``P/ring``), then Home Assistant."""
+        self.ring_path.listeners = tuple(
+            x for x in (self.cloud, self.home_assistant) if x is not None
+        )
 
     # -- status ------------------------------------------------------------------------------------
 
     def status(self) -> StatusReport:
-        assert self.dispatcher is not None
-        assert self.client is not None
-        assert self.receiver is not None
-        assert self.credentials is not None
         return build_status(
             version=__version__,
             started_at=self.started_at,
             uptime_s=time.monotonic() - self._started_mono,
             ready=self.ready,
             radio=self.receiver.status(),
-            buttons=[(b.id, *self.rings.get(b.id, (None, 0))) for b in self.tracker.buttons],
+            buttons=self.rules.tracker.ring_counts(),
             tokens=self.tokens,
             apns=self.credentials.discount(self.client.status()),
             credentials=self.credentials.status(),
@@ -557,6 +393,33 @@ class Daemon:
             home_assistant=None if self.home_assistant is None else self.home_assistant.status(),
             config=self.config_state,
         )
+
+
+def _cloud(daemon: Daemon, config: Config) -> tuple[CloudSync, CloudHooks]:
+    """The MQTT sync and its hooks (the MQTT stack is imported only by cloud gateways)."""
+    from edgebell.cloud.gateway import CloudHooks
+    from edgebell.cloud.sync import CloudSync
+
+    assert config.cloud is not None
+    hooks = CloudHooks(
+        service=daemon.service,
+        tokens=daemon.tokens,
+        sources=daemon.token_sources,
+        dispatcher=daemon.dispatcher,
+        client=daemon.client,
+        credentials=daemon.credentials,
+        auth=daemon.auth,
+    )
+    sync = CloudSync(
+        config.cloud,
+        gateway_id=config.gateway.id,
+        version=__version__,
+        started_at=daemon.started_at,
+        store=daemon.store,
+        hooks=hooks,
+        delegated=isinstance(daemon.auth, DelegatedAuth),
+    )
+    return sync, hooks
 
 
 async def _within(awaitable: Awaitable[None], seconds: float) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 # Device tokens are hex of variable length (never assume Apple's 64 digits): whole bytes,
@@ -36,12 +36,14 @@ class AuthorisedToken:
 
 @dataclass(frozen=True, slots=True)
 class Suppression:
-    """Apple said this token is dead; ``timestamp_ms`` is Apple's, or when we heard it.
+    """Apple said ``token`` is dead; ``timestamp_ms`` is Apple's, or when we heard it.
 
     ``env`` and ``topic`` are where the push that Apple refused went: a 400 refusal
-    holds only while the token is pushed there (None: not recorded, so it never holds).
+    holds only while the token is pushed there (None: not recorded, so it never holds;
+    rows of the outbox's schema 2). The token book and the outbox store keep this one type.
     """
 
+    token: str = field(repr=False)
     status: int
     reason: str
     timestamp_ms: int
@@ -73,11 +75,11 @@ class TokenBook:
         self._tokens = {t.token: t for t in tokens}
         self.ver = ver
 
-    def restore_suppressed(self, suppressed: Mapping[str, Suppression]) -> None:
-        self._suppressed.update(suppressed)
+    def restore_suppressed(self, suppressed: Iterable[Suppression]) -> None:
+        self._suppressed.update((s.token, s) for s in suppressed)
 
-    def suppress(self, token: str, suppression: Suppression) -> None:
-        self._suppressed[token] = suppression
+    def suppress(self, suppression: Suppression) -> None:
+        self._suppressed[suppression.token] = suppression
 
     def get(self, token: str) -> AuthorisedToken | None:
         return self._tokens.get(token)

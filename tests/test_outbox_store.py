@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from edgebell.errors import StoreError
-from edgebell.outbox.store import OutboxStore, Suppressed
+from edgebell.outbox.store import OutboxStore
 from edgebell.rings import Notification, new_id
+from edgebell.tokens import Suppression
 
 
 def _notification(ring: str = "r1", token: str = "ab" * 32, **kw: object) -> Notification:
@@ -58,10 +59,10 @@ def test_rows_survive_a_restart_in_order(store: OutboxStore) -> None:
 
 
 def test_suppressions_and_values_persist(store: OutboxStore) -> None:
-    store.suppress(Suppressed("cd" * 32, 410, "Unregistered", 1234))
+    store.suppress(Suppression("cd" * 32, 410, "Unregistered", 1234))
     store.put_value("tokens", b"jws")
     again = reopen(store)
-    assert again.load_suppressed() == [Suppressed("cd" * 32, 410, "Unregistered", 1234)]
+    assert again.load_suppressed() == [Suppression("cd" * 32, 410, "Unregistered", 1234)]
     assert again.load_value("tokens") == b"jws"
     assert again.load_value("missing") is None
     again.close()
@@ -161,8 +162,8 @@ def test_a_value_sqlite_cannot_hold_is_dropped_and_the_other_writes_go_on(
     store: OutboxStore, caplog: pytest.LogCaptureFixture
 ) -> None:
     # Apple's 410 timestamp is a number from the network: one past SQLite's INTEGER range.
-    store.suppress(Suppressed("cd" * 32, 410, "Unregistered", 2**63))
-    store.suppress(Suppressed("ef" * 32, 410, "Unregistered", 1234))
+    store.suppress(Suppression("cd" * 32, 410, "Unregistered", 2**63))
+    store.suppress(Suppression("ef" * 32, 410, "Unregistered", 1234))
     row = _notification()
     store.add([row])
     assert store.flush(2.0), "the writer thread died or retries a row forever"
@@ -238,7 +239,7 @@ def test_the_token_state_is_kept_apart_from_the_outbox(tmp_path: Path) -> None:
     store = OutboxStore(path)
     store.open()
     store.start()
-    store.suppress(Suppressed("cd" * 32, 410, "Unregistered", 1234))
+    store.suppress(Suppression("cd" * 32, 410, "Unregistered", 1234))
     store.put_value("tokens.ver", b"17")
     store.close()
     path.write_bytes(b"this is not a database" * 100)  # the outbox is lost ...

@@ -18,7 +18,7 @@ from edgebell.cloud.messages import BadCommand, parse_command
 from edgebell.cloud.tokenlist import TokenListRefused, parse_claims
 from edgebell.config import load_config
 from edgebell.errors import ConfigError
-from edgebell.outbox.store import OutboxStore, Suppressed
+from edgebell.outbox.store import OutboxStore
 from edgebell.rings import new_id
 from edgebell.tokens import AuthorisedToken, Suppression, TokenBook, is_device_token
 from testkit.apns_server import ApnsStandIn
@@ -35,7 +35,7 @@ TOPIC = "com.example.doorbell"
 def book_with(entry: AuthorisedToken, suppression: Suppression, topic: str = TOPIC) -> TokenBook:
     book = TokenBook(topic=topic)
     book.replace([entry], None)
-    book.suppress(entry.token, suppression)
+    book.suppress(suppression)
     return book
 
 
@@ -44,7 +44,7 @@ def book_with(entry: AuthorisedToken, suppression: Suppression, topic: str = TOP
 
 @pytest.mark.parametrize("reason", ["BadDeviceToken", "DeviceTokenNotForTopic"])
 def test_a_400_holds_only_for_the_environment_and_topic_apple_refused(reason: str) -> None:
-    refused = Suppression(400, reason, 1_000, env="production", topic=TOPIC)
+    refused = Suppression(TOKEN, 400, reason, 1_000, env="production", topic=TOPIC)
     same = book_with(AuthorisedToken(TOKEN, "production"), refused)
     assert not same.is_active(TOKEN)
     assert same.suppressed_count == 1
@@ -61,13 +61,13 @@ def test_a_400_holds_only_for_the_environment_and_topic_apple_refused(reason: st
 
 def test_a_400_without_its_environment_and_topic_gets_one_more_try() -> None:
     # Recorded before suppressions said where Apple refused the token.
-    legacy = Suppression(400, "BadDeviceToken", 1_000)
+    legacy = Suppression(TOKEN, 400, "BadDeviceToken", 1_000)
     assert book_with(AuthorisedToken(TOKEN, "production"), legacy).is_active(TOKEN)
 
 
 @pytest.mark.parametrize("reason", ["Unregistered", "ExpiredToken"])
 def test_a_410_holds_everywhere_until_the_phone_registers_again(reason: str) -> None:
-    gone = Suppression(410, reason, 1_000, env="production", topic=TOPIC)
+    gone = Suppression(TOKEN, 410, reason, 1_000, env="production", topic=TOPIC)
     for env in ("production", "sandbox"):
         assert not book_with(AuthorisedToken(TOKEN, env), gone).is_active(TOKEN)
         assert not book_with(AuthorisedToken(TOKEN, env), gone, topic="other").is_active(TOKEN)
@@ -78,7 +78,7 @@ def test_a_410_holds_everywhere_until_the_phone_registers_again(reason: str) -> 
 
 
 def test_a_400_where_it_holds_still_yields_to_a_newer_registration() -> None:
-    refused = Suppression(400, "BadDeviceToken", 1_000, env="sandbox", topic=TOPIC)
+    refused = Suppression(TOKEN, 400, "BadDeviceToken", 1_000, env="sandbox", topic=TOPIC)
     assert not book_with(AuthorisedToken(TOKEN, "sandbox", registered_at=999), refused).is_active(
         TOKEN
     )
@@ -94,15 +94,15 @@ def test_suppressions_keep_environment_and_topic_across_a_restart(tmp_path: Path
     store = OutboxStore(tmp_path / "outbox.sqlite3")
     store.open()
     store.start()
-    store.suppress(Suppressed(TOKEN, 400, "BadDeviceToken", 5, "production", TOPIC))
-    store.suppress(Suppressed("cd" * 8, 410, "Unregistered", 6, "sandbox", TOPIC))
+    store.suppress(Suppression(TOKEN, 400, "BadDeviceToken", 5, "production", TOPIC))
+    store.suppress(Suppression("cd" * 8, 410, "Unregistered", 6, "sandbox", TOPIC))
     store.close()
     store = OutboxStore(tmp_path / "outbox.sqlite3")
     store.open()
     try:
         assert sorted(store.load_suppressed(), key=lambda s: s.timestamp_ms) == [
-            Suppressed(TOKEN, 400, "BadDeviceToken", 5, "production", TOPIC),
-            Suppressed("cd" * 8, 410, "Unregistered", 6, "sandbox", TOPIC),
+            Suppression(TOKEN, 400, "BadDeviceToken", 5, "production", TOPIC),
+            Suppression("cd" * 8, 410, "Unregistered", 6, "sandbox", TOPIC),
         ]
     finally:
         store.close()
@@ -121,9 +121,9 @@ def test_an_older_outbox_is_migrated_and_its_suppressions_kept(tmp_path: Path) -
     store = OutboxStore(path)
     store.open()
     try:
-        assert store.load_suppressed() == [Suppressed(TOKEN, 410, "Unregistered", 7, None, None)]
+        assert store.load_suppressed() == [Suppression(TOKEN, 410, "Unregistered", 7, None, None)]
         store.start()
-        store.suppress(Suppressed("cd" * 8, 400, "BadDeviceToken", 8, "sandbox", TOPIC))
+        store.suppress(Suppression("cd" * 8, 400, "BadDeviceToken", 8, "sandbox", TOPIC))
         assert store.flush()
         assert store.health().ok
     finally:

@@ -1,17 +1,18 @@
-"""``P/cmd``: run the cloud's commands (ping, ring, test-push, resync) and word the replies."""
+"""``P/cmd``: the cloud's door to the command service (ping, ring, test-push, resync)."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol
 
 from aiomqtt import MqttError
 
-from edgebell.cloud.messages import BadCommand, Command, cmd_reply, parse_command
+from edgebell.apns.model import Outcome, PushResult
+from edgebell.cloud.messages import BadCommand, Command, CommandName, cmd_reply, parse_command
 from edgebell.errors import EdgebellError
 from edgebell.recent import RecentReplies
-from edgebell.rings import Ring
+from edgebell.service import RingResult, UnknownButton, push_result_json
 
 log = logging.getLogger(__name__)
 
@@ -20,14 +21,14 @@ Resync = Callable[[], Awaitable[tuple[bool, str]]]
 
 
 class CommandTarget(Protocol):
-    """What commands act on: the daemon's own ring and test-push."""
+    """What the cloud's commands act on (the gateway's command service)."""
 
-    def ring_button(self, button: str) -> Ring | None:
-        """Ring at once (no debounce, no cooldown); None for an unknown button."""
+    def ring(self, button: str) -> RingResult:
+        """Ring at once (no debounce, no cooldown)."""
         ...
 
-    async def test_push(self, token: Any) -> list[dict[str, Any]]:
-        """Push a test notification now; one outcome per token (tokens shortened)."""
+    async def test_push(self, token: str | None) -> Sequence[PushResult]:
+        """Push a test notification now; one result per phone."""
         ...
 
 
@@ -70,26 +71,29 @@ async def _answer(command: Command, target: CommandTarget, resync: Resync, versi
 
 
 async def _run(command: Command, target: CommandTarget, resync: Resync, version: str) -> bytes:
-    if command.cmd == "ping":
-        return cmd_reply(command.id, True, "pong", version=version)
-    if command.cmd == "ring":
-        assert command.button is not None
-        ring = target.ring_button(command.button)
-        if ring is None:
-            return cmd_reply(command.id, False, f"unknown button {command.button!r}")
-        # The contract: the reply's detail carries the ring id.
-        return cmd_reply(command.id, True, ring.ring_id, ring_id=ring.ring_id, button=ring.button)
-    if command.cmd == "test-push":
-        results = await target.test_push(command.token)
-        delivered = sum(1 for r in results if r.get("outcome") == "delivered")
-        ok = bool(results) and delivered == len(results)
-        detail = (
-            "no phone to push to (the token list is empty)"
-            if not results
-            else f"{delivered} of {len(results)} delivered"
-        )
-        return cmd_reply(command.id, ok, detail, results=results)
-    if command.cmd == "resync":
-        ok, detail = await resync()
-        return cmd_reply(command.id, ok, detail)
-    raise BadCommand(f"unknown command {command.cmd!r}", command.id)
+    match command.cmd:
+        case CommandName.PING:
+            return cmd_reply(command.id, True, "pong", version=version)
+        case CommandName.RING:
+            assert command.button is not None  # parse_command refuses a ring without one
+            result = target.ring(command.button)
+            if isinstance(result, UnknownButton):
+                return cmd_reply(command.id, False, f"unknown button {command.button!r}")
+            ring = result.ring
+            # The contract: the reply's detail carries the ring id.
+            return cmd_reply(
+                command.id, True, ring.ring_id, ring_id=ring.ring_id, button=ring.button
+            )
+        case CommandName.TEST_PUSH:
+            results = await target.test_push(command.token)
+            delivered = sum(1 for r in results if r.outcome is Outcome.DELIVERED)
+            ok = bool(results) and delivered == len(results)
+            detail = (
+                "no phone to push to (the token list is empty)"
+                if not results
+                else f"{delivered} of {len(results)} delivered"
+            )
+            return cmd_reply(command.id, ok, detail, results=[push_result_json(r) for r in results])
+        case CommandName.RESYNC:
+            ok, detail = await resync()
+            return cmd_reply(command.id, ok, detail)

@@ -6,6 +6,7 @@ Pure functions and values; the topics are in ``topics.py``, the token list in
 
 from __future__ import annotations
 
+import enum
 import json
 import re
 from dataclasses import dataclass, field
@@ -21,7 +22,17 @@ from edgebell.outbox.dispatcher import DeliveryReport, Feedback
 from edgebell.rings import Ring, iso_time
 from edgebell.tokens import is_device_token
 
-COMMANDS = ("ping", "ring", "test-push", "resync")
+
+class CommandName(enum.StrEnum):
+    """The commands ``P/cmd`` carries (the contract's ``cmd`` values)."""
+
+    PING = "ping"
+    RING = "ring"
+    TEST_PUSH = "test-push"
+    RESYNC = "resync"
+
+
+COMMANDS = tuple(c.value for c in CommandName)
 OFFLINE = b'{"state":"offline"}'
 
 _JWS = re.compile(r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
@@ -177,7 +188,7 @@ class Command:
     """One ``P/cmd`` request."""
 
     id: str
-    cmd: str
+    cmd: CommandName
     button: str | None = None
     token: str | None = field(default=None, repr=False)
 
@@ -217,7 +228,7 @@ def parse_command(data: bytes) -> Command:
         token = token.lower()
     return Command(
         id=command_id,
-        cmd=str(name),
+        cmd=CommandName(name),
         button=button if name == "ring" else None,
         token=token if name == "test-push" else None,
     )

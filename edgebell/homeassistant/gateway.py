@@ -24,41 +24,34 @@ _retiring: set[asyncio.Task[None]] = set()  # old links saying goodbye, kept ali
 
 
 class GatewayParts(Protocol):
-    """What the diagnostic sensors read (the daemon; any part may not exist yet)."""
+    """What the diagnostic sensors read (parts of the daemon, built with it)."""
 
     @property
-    def dispatcher(self) -> Dispatcher | None: ...
+    def dispatcher(self) -> Dispatcher: ...
 
     @property
-    def client(self) -> ApnsClient | None: ...
+    def client(self) -> ApnsClient: ...
 
     @property
-    def receiver(self) -> SerialReceiver | None: ...
+    def receiver(self) -> SerialReceiver: ...
 
     @property
-    def credentials(self) -> CredentialsCheck | None: ...
+    def credentials(self) -> CredentialsCheck: ...
 
 
 def gateway_state(parts: GatewayParts) -> GatewayState:
-    outbox = None if parts.dispatcher is None else parts.dispatcher.status()
-    apns = None if parts.client is None else parts.client.status()
-    auth_problem = None if outbox is None else outbox.auth_problem
+    outbox = parts.dispatcher.status()
+    apns = parts.client.status()
+    auth_problem = outbox.auth_problem
     credentials = parts.credentials
     # Apple refused the key, team or topic at start: auth_error before any ring is lost.
-    if (
-        auth_problem is None
-        and credentials is not None
-        and credentials.state is CredentialState.REFUSED
-    ):
+    if auth_problem is None and credentials.state is CredentialState.REFUSED:
         auth_problem = credentials.problem()
     return GatewayState(
-        queue=0 if outbox is None else outbox.pending,
-        apns=apns_state(
-            connected=apns is not None and any(apns.connected.values()),
-            auth_problem=auth_problem,
-        ),
-        apns_error=auth_problem or (None if apns is None else apns.last_error),
-        receiver=parts.receiver is not None and parts.receiver.status().connected,
+        queue=outbox.pending,
+        apns=apns_state(connected=any(apns.connected.values()), auth_problem=auth_problem),
+        apns_error=auth_problem or apns.last_error,
+        receiver=parts.receiver.status().connected,
     )
 
 

@@ -36,7 +36,7 @@ from edgebell.backoff import full_jitter
 from edgebell.outbox.agenda import Agenda
 from edgebell.outbox.ledger import INTERIM_REPORT_AFTER, DeliveryReport, Ledger
 from edgebell.outbox.link import Link, LinkState
-from edgebell.outbox.store import OutboxStore, Suppressed
+from edgebell.outbox.store import OutboxStore
 from edgebell.privacy import short_token
 from edgebell.rings import Fate, Notification
 from edgebell.tokens import Suppression, TokenBook
@@ -603,8 +603,9 @@ class Dispatcher:
         stamp = (
             result.timestamp_ms if result.timestamp_ms is not None else int(self._clock() * 1000)
         )
-        self._tokens.suppress(n.token, Suppression(status, reason, stamp, n.env, self._topic))
-        self._store.suppress(Suppressed(n.token, status, reason, stamp, n.env, self._topic))
+        suppression = Suppression(n.token, status, reason, stamp, n.env, self._topic)
+        self._tokens.suppress(suppression)
+        self._store.suppress(suppression)
         self._token_backoff.pop(n.token, None)
         log.warning(
             "APNs says token %s is dead (%s %s): no more pushes to it",

@@ -36,6 +36,7 @@ from pathlib import Path
 
 from edgebell.errors import StoreError
 from edgebell.rings import Notification
+from edgebell.tokens import Suppression
 
 log = logging.getLogger(__name__)
 
@@ -92,21 +93,6 @@ _NOTIFICATION_COLUMNS = (
 RETRY_EVERY = 1.0  # how often a failing store tries again, and the files are checked
 CHECKPOINT_EVERY = 10.0  # WAL checkpoints (with their fsyncs) from the writer thread
 BACKLOG_MAX_ROWS = 10_000  # notifications kept for a failing disk; beyond, the oldest go
-
-
-@dataclass(frozen=True, slots=True)
-class Suppressed:
-    """A token Apple called dead, with Apple's timestamp (ms) for the registered_at rule.
-
-    ``env`` and ``topic`` are where the refused push went (None in rows of schema 2).
-    """
-
-    token: str
-    status: int
-    reason: str
-    timestamp_ms: int
-    env: str | None = None
-    topic: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -441,7 +427,7 @@ class OutboxStore:
                 for s in source.execute(
                     "SELECT token, status, reason, timestamp_ms, env, topic FROM suppressed"
                 ):
-                    self._suppressed.put(s[0], Suppressed(*s))
+                    self._suppressed.put(s[0], Suppression(*s))
             if _has_table(source, "kv"):
                 for key, value in source.execute("SELECT key, value FROM kv"):
                     self._kv.put(key, bytes(value))
@@ -496,9 +482,9 @@ class OutboxStore:
             rows = [n for n in self._notifications.rows.values() if isinstance(n, Notification)]
         return sorted(rows, key=lambda n: n.created_at)
 
-    def load_suppressed(self) -> list[Suppressed]:
+    def load_suppressed(self) -> list[Suppression]:
         with self._lock:
-            return [s for s in self._suppressed.rows.values() if isinstance(s, Suppressed)]
+            return [s for s in self._suppressed.rows.values() if isinstance(s, Suppression)]
 
     def load_value(self, key: str) -> bytes | None:
         with self._lock:
@@ -590,7 +576,7 @@ class OutboxStore:
                 self._notifications.put(apns_id, dataclasses.replace(n, attempts=attempts))
         self._wake.set()
 
-    def suppress(self, item: Suppressed) -> None:
+    def suppress(self, item: Suppression) -> None:
         with self._lock:
             self._suppressed.put(item.token, item)
         self._wake.set()
