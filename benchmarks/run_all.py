@@ -38,6 +38,7 @@ from common import HERE, machine
 
 from edgebell import __version__
 from testkit.mosquitto import mosquitto_binary
+from testkit.rabbitmq import rabbitmq_installed
 
 ITEMS = (
     "ring",
@@ -146,6 +147,12 @@ def run(items: tuple[str, ...], quick: bool) -> dict[str, Any]:
             gateways, rounds = (50, 1) if small else (500, 3)
             _say(f"6/7 fleet: {gateways} gateways' cloud sync on a local Mosquitto, {rounds} lists")
             results["fleet"] = fleet.measure(gateways, rounds)
+        if rabbitmq_installed():
+            _say("6/7 fleet: the same on a 3-node RabbitMQ cluster (starting it takes a while)")
+            results["fleet_cluster"] = fleet.measure(gateways, rounds, "rabbitmq")
+        else:
+            _say("6/7 fleet: no RabbitMQ cluster, rabbitmq-server is not installed (setup does)")
+            results["fleet_cluster_pending"] = "Not measured: rabbitmq-server was not installed."
     if "home_assistant" in items:
         if mosquitto_binary() is None:
             _say("7/7 Home Assistant: skipped, mosquitto is not installed (scripts/setup does)")
