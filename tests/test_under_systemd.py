@@ -1,7 +1,7 @@
 """The service under a real systemd: PID 1 in a container, the unit installed by install.sh.
 
-One container boots per test session (a minimal Debian, ``debootstrap --variant=minbase``,
-cached outside the checkout; see ``testkit/nspawn.py``). The project is installed
+One container boots for all the checks here (a minimal Debian, ``debootstrap
+--variant=minbase``, cached outside the checkout; see ``testkit/nspawn.py``). The project is installed
 inside with ``scripts/install.sh``, exactly as on a gateway, from wheels built on the
 host (offline inside). The APNs stand-in and the pseudo-terminal receiver run on the
 host: the container shares its network namespace, and the pty is bound in as
@@ -176,9 +176,11 @@ def _config(standin: StandInThread, token: str) -> dict[str, Any]:
     }
 
 
-@pytest.fixture(scope="session")
+# Module scope: every check that needs the container is here, so it boots once, and it
+# is powered off (its pty and memory freed) before the rest of the suite goes on.
+@pytest.fixture(scope="module")
 def system(tmp_path_factory: pytest.TempPathFactory, pki: TestPki) -> Iterator[System]:
-    """One booted container with edgebell installed and running, for the whole session."""
+    """One booted container with edgebell installed and running, for all the checks."""
     workdir = tmp_path_factory.mktemp("systemd")
     log = workdir / "build.log"
     try:
