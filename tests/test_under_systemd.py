@@ -1,10 +1,11 @@
 """The service under a real systemd: PID 1 in a container, the unit installed by install.sh.
 
 One container boots for all the checks here (a minimal Debian, ``debootstrap
---variant=minbase``, cached outside the checkout; see ``testkit/nspawn.py``). The project is installed
-inside with ``scripts/install.sh``, exactly as on a gateway, from wheels built on the
-host (offline inside). The APNs stand-in and the pseudo-terminal receiver run on the
-host: the container shares its network namespace, and the pty is bound in as
+--variant=minbase``, cached outside the checkout; see ``testkit/nspawn.py``). The
+project is installed inside with ``scripts/install.sh``, exactly as on a gateway,
+from wheels built on the host (offline inside). The APNs stand-in and the
+pseudo-terminal receiver run on the host: the container shares its network
+namespace, and the pty is bound in as
 ``/dev/ttyEB0``. Each test is one check a user would notice; they share the boot.
 
 A test drop-in shortens only the unit's timings (WatchdogSec=, RestartSec=), so the
