@@ -420,3 +420,19 @@ def test_a_wiped_state_dir_still_removes_the_entities_of_removed_buttons(
         assert removed is not None
         assert removed.payload == b""
         assert len(ha.entities()) == 4
+
+
+def test_a_gateway_with_many_buttons_announces_them_all_in_windows(
+    ha_gateway_files: GatewayFiles, home_assistant: HomeAssistantPeer
+) -> None:
+    buttons = [
+        {"id": f"b{n}", "name": f"Button {n}", "match": {"protocol": "X10", "id": f"a{n}"}}
+        for n in range(16)
+    ]
+    edit_config(ha_gateway_files, lambda d: d.__setitem__("buttons", buttons))
+    with DaemonProcess(ha_gateway_files) as daemon:
+        wait_entities(home_assistant, 16 + 3)
+        for entity in home_assistant.entities():
+            assert_valid(entity.topic, entity.config)
+        # aiomqtt warns above 10 calls in flight: the announcement goes a window at a time.
+        assert "pending publish calls" not in daemon.log_text()

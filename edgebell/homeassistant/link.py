@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 
 STATE_FILE = "home-assistant.json"  # in the state directory: the discovery topics announced
 STATE_EVERY = 5.0  # how often the diagnostic sensors' state is looked at (sent when it changed)
-PUBLISH_WINDOW = 10  # events in flight at once (aiomqtt warns above 10 pending calls)
+PUBLISH_WINDOW = 10  # messages in flight at once (aiomqtt warns above 10 pending calls)
 STOP_FLUSH = 1.0  # on SIGTERM, how long queued rings may take to leave before "offline"
 
 
@@ -331,7 +331,9 @@ class HomeAssistantLink:
         messages = discovery.announcement(current, self._announced)
         # "online" first, as zigbee2mqtt does on a birth: the entities come up available.
         await self._send(client, discovery.availability(self.layout, online=True))
-        await asyncio.gather(*(self._send(client, m) for m in messages))
+        for start in range(0, len(messages), PUBLISH_WINDOW):  # removals first, in order
+            window = messages[start : start + PUBLISH_WINDOW]
+            await asyncio.gather(*(self._send(client, m) for m in window))
         removed = len(messages) - len(current)
         if removed:
             log.info("removed %d Home Assistant entities no longer configured", removed)
