@@ -131,7 +131,7 @@ def write_config(
     return files
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """Runs in the daemon's child before exec: SIGKILL it when the test runner dies.
 
     A runner killed mid-test (a harness's timeout) would leave an orphaned daemon whose
@@ -160,7 +160,7 @@ class DaemonProcess:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env=self._env,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
         if wait_ready:
             self.wait_ready(timeout)

@@ -20,6 +20,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+from testkit.gateway import die_with_parent
 from testkit.mosquitto import free_port, mosquitto_binary
 from testkit.pki import CertFiles
 
@@ -121,6 +122,7 @@ class HomeBroker:
             [self.binary, "-c", str(self.config_file)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
+            preexec_fn=die_with_parent,  # a killed benchmark leaves no broker behind
         )
         ports = [p for p in (self.port, self.tls_port) if p is not None]
         deadline = time.monotonic() + _START_TIMEOUT
