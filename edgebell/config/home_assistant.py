@@ -7,28 +7,19 @@ from typing import TYPE_CHECKING
 
 import yaml
 
-from edgebell.config.model import MQTT_PORTS, HomeAssistantConfig, split_url
+from edgebell.config.model import (
+    MQTT_PORTS,
+    HomeAssistantConfig,
+    default_of,
+    section_keys,
+    split_url,
+)
 
 if TYPE_CHECKING:
     from edgebell.config.load import _Loader
 
 SECTION = "home_assistant"
-KEYS = (
-    "url",
-    "username",
-    "password_file",
-    "ca_file",
-    "cert_file",
-    "key_file",
-    "discovery_prefix",
-    "node_id",
-    "base_topic",
-    "max_event_age",
-    "reconnect_min",
-    "reconnect_max",
-    "keepalive",
-    "connect_timeout",
-)
+KEYS = section_keys(HomeAssistantConfig)
 # Home Assistant's rule for the <node_id> level of a discovery topic.
 _NODE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
@@ -77,7 +68,12 @@ def home_assistant_section(
                 f"{SECTION}.{name}",
                 f"only for mqtts:// (TLS); {SECTION}.url is {url}",
             )
-    prefix = _topic(loader, fields.get("discovery_prefix"), "discovery_prefix", "homeassistant")
+    prefix = _topic(
+        loader,
+        fields.get("discovery_prefix"),
+        "discovery_prefix",
+        default_of(HomeAssistantConfig, "discovery_prefix"),
+    )
     base = _topic(loader, fields.get("base_topic"), "base_topic", f"edgebell/{gateway_id}")
     if base == prefix or base.startswith(prefix + "/"):
         raise doc.error(
@@ -96,7 +92,7 @@ def home_assistant_section(
                 f"{SECTION}.node_id",
                 f"{node_id!r} is not a discovery node id: use 1 to 64 letters, digits, _ or -",
             )
-    reconnect_min, reconnect_max = loader.backoff(fields, "reconnect", 1.0, 60.0)
+    reconnect_min, reconnect_max = loader.backoff(fields, "reconnect", HomeAssistantConfig)
     return HomeAssistantConfig(
         url=url,
         node_id=node_id,
@@ -111,11 +107,11 @@ def home_assistant_section(
         ca_file=None if ca_node is None else loader.file(ca_node, f"{SECTION}.ca_file"),
         cert_file=None if cert_node is None else loader.file(cert_node, f"{SECTION}.cert_file"),
         key_file=None if key_node is None else loader.file(key_node, f"{SECTION}.key_file"),
-        max_event_age=loader.duration(fields, "max_event_age", 60.0, positive=True),
+        max_event_age=loader.setting(fields, HomeAssistantConfig, "max_event_age"),
         reconnect_min=reconnect_min,
         reconnect_max=reconnect_max,
-        keepalive=loader.duration(fields, "keepalive", 60.0, positive=True),
-        connect_timeout=loader.duration(fields, "connect_timeout", 10.0, positive=True),
+        keepalive=loader.setting(fields, HomeAssistantConfig, "keepalive"),
+        connect_timeout=loader.setting(fields, HomeAssistantConfig, "connect_timeout"),
     )
 
 

@@ -38,6 +38,8 @@ from edgebell.config.model import (
     RadioConfig,
     StaticToken,
     TokenAuthConfig,
+    default_of,
+    section_keys,
     split_url,
 )
 from edgebell.config.yamltree import Document, Fields, compose
@@ -49,63 +51,16 @@ from edgebell.radio.keys import PROTOCOLS, ButtonKey, key_from_match
 from edgebell.secrets import resolve_secret_path, search_places
 from edgebell.tokens import MIN_TOKEN_HEX, is_device_token
 
-TOP_KEYS = (
-    "gateway",
-    "radio",
-    "buttons",
-    "apns",
-    "cloud",
-    "tokens",
-    "state_dir",
-    "control_socket",
-    "log_level",
-    "outbox",
-    "home_assistant",
-)
-RADIO_KEYS = (
-    "port",
-    "protocol",
-    "baudrate",
-    "debounce",
-    "cooldown",
-    "ping_interval",
-    "ping_timeout",
-    "reconnect_min",
-    "reconnect_max",
-)
-APNS_KEYS = (
-    "topic",
-    "environment",
-    "auth",
-    "host",
-    "ca_file",
-    "expiration",
-    "notification",
-    "connect_timeout",
-    "request_timeout",
-    "ping_interval",
-    "jwt_refresh",
-    "retry_min",
-    "retry_max",
-    "verify_credentials",
-)
+# Each section's keys are its dataclass's fields, and its defaults are the fields' defaults.
+TOP_KEYS = section_keys(Config, but=("source", "lines", "searched"))
+RADIO_KEYS = section_keys(RadioConfig)
+APNS_KEYS = section_keys(ApnsConfig)
 AUTH_KEYS: dict[str, tuple[str, ...]] = {
-    "token": ("key_file", "key_id", "team_id"),
-    "certificate": ("cert_file", "passphrase_file"),
-    "delegated": (),
+    "token": section_keys(TokenAuthConfig),
+    "certificate": section_keys(CertificateAuthConfig),
+    "delegated": section_keys(DelegatedAuthConfig),
 }
-CLOUD_KEYS = (
-    "url",
-    "ca_file",
-    "cert_file",
-    "key_file",
-    "topic_prefix",
-    "token_list_key",
-    "reconnect_min",
-    "reconnect_max",
-    "keepalive",
-    "connect_timeout",
-)
+CLOUD_KEYS = section_keys(CloudConfig)
 T = TypeVar("T")
 # The values of the one Environment enum (a device token belongs to exactly one).
 ENVIRONMENTS = tuple(env.value for env in ApnsEnvironment)
@@ -289,7 +244,7 @@ class _Loader:
         )
 
     def gateway(self, node: yaml.Node) -> GatewayConfig:
-        fields = self.doc.mapping(node, "gateway", ("id",))
+        fields = self.doc.mapping(node, "gateway", section_keys(GatewayConfig))
         id_node = fields.require("id")
         gateway_id = self.doc.text(id_node, "gateway.id")
         if not _GATEWAY_ID.fullmatch(gateway_id):
@@ -313,17 +268,17 @@ class _Loader:
             if baudrate <= 0:
                 raise self.doc.error(baud_node, "radio.baudrate", "must be positive")
         # Only RFLink answers 10;PING;, so other receivers never get a health check.
-        ping_default = 60.0 if protocol == "rflink" else 0.0
+        ping_default = default_of(RadioConfig, "ping_interval") if protocol == "rflink" else 0.0
         ping_interval = self.duration(fields, "ping_interval", ping_default)
-        reconnect_min, reconnect_max = self.backoff(fields, "reconnect", 0.5, 30.0)
+        reconnect_min, reconnect_max = self.backoff(fields, "reconnect", RadioConfig)
         return RadioConfig(
             port=self.doc.text(fields.require("port"), "radio.port"),
             protocol=protocol,
             baudrate=baudrate,
-            debounce=self.duration(fields, "debounce", 1.5),
-            cooldown=self.duration(fields, "cooldown", 10.0),
+            debounce=self.duration(fields, "debounce", default_of(RadioConfig, "debounce")),
+            cooldown=self.duration(fields, "cooldown", default_of(RadioConfig, "cooldown")),
             ping_interval=ping_interval if protocol == "rflink" else 0.0,
-            ping_timeout=self.duration(fields, "ping_timeout", 10.0, positive=True),
+            ping_timeout=self.setting(fields, RadioConfig, "ping_timeout"),
             reconnect_min=reconnect_min,
             reconnect_max=reconnect_max,
         )
@@ -408,7 +363,7 @@ class _Loader:
                     host_node, "apns.host", f"{exc} (expected https://host:port)"
                 ) from None
         ca_node = fields.get("ca_file")
-        retry_min, retry_max = self.backoff(fields, "retry", 1.0, 60.0)
+        retry_min, retry_max = self.backoff(fields, "retry", ApnsConfig)
         notification_node = fields.get("notification")
         return ApnsConfig(
             topic=topic,
@@ -416,19 +371,23 @@ class _Loader:
             auth=self.auth(fields.require("auth")),
             host=host,
             ca_file=None if ca_node is None else self.file(ca_node, "apns.ca_file"),
-            expiration=self.duration(fields, "expiration", 15 * 60.0, positive=True),
+            expiration=self.setting(fields, ApnsConfig, "expiration"),
             notification=(
                 NotificationConfig()
                 if notification_node is None
                 else self.notification(notification_node)
             ),
-            connect_timeout=self.duration(fields, "connect_timeout", 10.0, positive=True),
-            request_timeout=self.duration(fields, "request_timeout", 10.0, positive=True),
-            ping_interval=self.duration(fields, "ping_interval", 60.0),
+            connect_timeout=self.setting(fields, ApnsConfig, "connect_timeout"),
+            request_timeout=self.setting(fields, ApnsConfig, "request_timeout"),
+            ping_interval=self.duration(
+                fields, "ping_interval", default_of(ApnsConfig, "ping_interval")
+            ),
             jwt_refresh=self.jwt_refresh(fields),
             retry_min=retry_min,
             retry_max=retry_max,
-            verify_credentials=self.flag(fields, "verify_credentials", True),
+            verify_credentials=self.flag(
+                fields, "verify_credentials", default_of(ApnsConfig, "verify_credentials")
+            ),
         )
 
     def flag(self, fields: Fields, name: str, default: bool) -> bool:
@@ -436,7 +395,7 @@ class _Loader:
         return default if node is None else self.doc.boolean(node, fields.key(name))
 
     def jwt_refresh(self, fields: Fields) -> float:
-        seconds = self.duration(fields, "jwt_refresh", 40 * 60.0)
+        seconds = self.duration(fields, "jwt_refresh", default_of(ApnsConfig, "jwt_refresh"))
         low, high = JWT_REFRESH_RANGE
         if not low <= seconds <= high:
             raise self.doc.error(
@@ -490,9 +449,7 @@ class _Loader:
         return value
 
     def notification(self, node: yaml.Node) -> NotificationConfig:
-        fields = self.doc.mapping(
-            node, "apns.notification", ("title", "body", "sound", "collapsed")
-        )
+        fields = self.doc.mapping(node, "apns.notification", section_keys(NotificationConfig))
         defaults = NotificationConfig()
         sound: str | None = defaults.sound
         if "sound" in fields:
@@ -516,7 +473,7 @@ class _Loader:
         )
 
     def outbox(self, node: yaml.Node) -> OutboxConfig:
-        fields = self.doc.mapping(node, "outbox", ("max_size",))
+        fields = self.doc.mapping(node, "outbox", section_keys(OutboxConfig))
         size_node = fields.get("max_size")
         if size_node is None:
             return OutboxConfig()
@@ -573,7 +530,7 @@ class _Loader:
                 url_node, "cloud.url", f"{exc} (expected mqtts://host:port)"
             ) from None
         prefix_node = fields.get("topic_prefix")
-        prefix = "edgebell"
+        prefix: str = default_of(CloudConfig, "topic_prefix")
         if prefix_node is not None:
             prefix = self.doc.text(prefix_node, "cloud.topic_prefix")
             if any(c in prefix for c in "+#\0") or prefix.startswith("/") or prefix.endswith("/"):
@@ -582,7 +539,7 @@ class _Loader:
                     "cloud.topic_prefix",
                     "must be MQTT topic levels without wildcards (+, #) or a leading or trailing /",
                 )
-        reconnect_min, reconnect_max = self.backoff(fields, "reconnect", 1.0, 60.0)
+        reconnect_min, reconnect_max = self.backoff(fields, "reconnect", CloudConfig)
         return CloudConfig(
             url=url,
             ca_file=self.file(fields.require("ca_file"), "cloud.ca_file"),
@@ -592,8 +549,8 @@ class _Loader:
             token_list_key=self.file(fields.require("token_list_key"), "cloud.token_list_key"),
             reconnect_min=reconnect_min,
             reconnect_max=reconnect_max,
-            keepalive=self.duration(fields, "keepalive", 60.0, positive=True),
-            connect_timeout=self.duration(fields, "connect_timeout", 10.0, positive=True),
+            keepalive=self.setting(fields, CloudConfig, "keepalive"),
+            connect_timeout=self.setting(fields, CloudConfig, "connect_timeout"),
         )
 
     def tokens(self, node: yaml.Node | None) -> tuple[StaticToken, ...]:
@@ -646,11 +603,15 @@ class _Loader:
             raise self.doc.error(node, fields.key(name), "must be more than 0")
         return seconds
 
-    def backoff(self, fields: Fields, prefix: str, low: float, high: float) -> tuple[float, float]:
+    def setting(self, fields: Fields, section: type, name: str) -> float:
+        """A positive duration, defaulting to what ``section``'s dataclass declares."""
+        return self.duration(fields, name, default_of(section, name), positive=True)
+
+    def backoff(self, fields: Fields, prefix: str, section: type) -> tuple[float, float]:
         """``<prefix>_min`` and ``<prefix>_max``: positive, and the first not above the second."""
         low_name, high_name = f"{prefix}_min", f"{prefix}_max"
-        low = self.duration(fields, low_name, low, positive=True)
-        high = self.duration(fields, high_name, high, positive=True)
+        low = self.setting(fields, section, low_name)
+        high = self.setting(fields, section, high_name)
         if high < low:
             high_node = fields.get(high_name)
             if high_node is not None:

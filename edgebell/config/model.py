@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from edgebell.errors import ConfigError
@@ -37,13 +38,13 @@ class RadioConfig:
 
     port: str
     protocol: Protocol
-    baudrate: int
-    debounce: float
-    cooldown: float
-    ping_interval: float
-    ping_timeout: float
-    reconnect_min: float
-    reconnect_max: float
+    baudrate: int  # the protocol's usual speed when not given (radio/decoders.py)
+    debounce: float = field(default=1.5, kw_only=True)
+    cooldown: float = field(default=10.0, kw_only=True)
+    ping_interval: float = field(default=60.0, kw_only=True)  # RFLink only: others get 0
+    ping_timeout: float = field(default=10.0, kw_only=True)
+    reconnect_min: float = field(default=0.5, kw_only=True)
+    reconnect_max: float = field(default=30.0, kw_only=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,18 +107,18 @@ class ApnsConfig:
     topic: str
     environment: Environment
     auth: AuthConfig
-    host: str | None
-    ca_file: Path | None
-    expiration: float
-    notification: NotificationConfig
-    connect_timeout: float
-    request_timeout: float
-    ping_interval: float
-    jwt_refresh: float
-    retry_min: float
-    retry_max: float
+    host: str | None = field(default=None, kw_only=True)
+    ca_file: Path | None = field(default=None, kw_only=True)
+    expiration: float = field(default=15 * 60.0, kw_only=True)
+    notification: NotificationConfig = field(default=NotificationConfig(), kw_only=True)
+    connect_timeout: float = field(default=10.0, kw_only=True)
+    request_timeout: float = field(default=10.0, kw_only=True)
+    ping_interval: float = field(default=60.0, kw_only=True)
+    jwt_refresh: float = field(default=40 * 60.0, kw_only=True)
+    retry_min: float = field(default=1.0, kw_only=True)
+    retry_max: float = field(default=60.0, kw_only=True)
     # Prove key, team and topic with Apple at start (see edgebell/apns/credentials.py).
-    verify_credentials: bool = True
+    verify_credentials: bool = field(default=True, kw_only=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,6 +231,22 @@ class Config:
     def error_at(self, key: str, message: str) -> ConfigError:
         """A ConfigError located at ``key`` (``apns.auth.key_file``) in the config file."""
         return ConfigError(message, file=str(self.source), line=self.lines.get(key), key=key)
+
+
+def section_keys(cls: type, *, but: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """The keys of a config section: the fields of its dataclass (``but`` those not in YAML)."""
+    return tuple(f.name for f in dataclasses.fields(cls) if f.name not in but)
+
+
+def default_of(cls: type, name: str) -> Any:
+    """The default of a section's key, as its dataclass declares it (the one place it is said)."""
+    for f in dataclasses.fields(cls):
+        if f.name == name:
+            if f.default is not dataclasses.MISSING:
+                return f.default
+            if f.default_factory is not dataclasses.MISSING:
+                return f.default_factory()
+    raise KeyError(f"{cls.__name__}.{name} has no default")
 
 
 def split_url(url: str, ports: Mapping[str, int]) -> tuple[str, str, int]:
