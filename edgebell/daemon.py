@@ -27,6 +27,7 @@ from edgebell.config import (
 )
 from edgebell.control_server import ControlServer
 from edgebell.errors import ConfigError
+from edgebell.gatewaystatus import GatewayStatus
 from edgebell.logs import set_level
 from edgebell.outbox.dispatcher import DeliveryReport, Dispatcher, Feedback
 from edgebell.outbox.store import OutboxStore
@@ -36,7 +37,7 @@ from edgebell.ringpath import RingPath, RingRules
 from edgebell.sdnotify import Notifier as SystemdNotifier
 from edgebell.secrets import read_passphrase, read_secret
 from edgebell.service import CommandService
-from edgebell.status import ConfigState, StatusReport, build_status
+from edgebell.status import ConfigState, StatusReport
 from edgebell.tokens import TokenBook
 from edgebell.tokensources import TokenSources
 
@@ -86,11 +87,10 @@ class Daemon:
         self.config_state = ConfigState(str(config.source), time.time())
         self._environ = environ
         self._ready_grace = ready_grace
-        self.started_at = time.time()
-        self._started_mono = time.monotonic()
         self._stop = asyncio.Event()
         self._systemd = SystemdNotifier(environ)
         self.ready = False
+        started_at = time.time()
         apns, radio = config.apns, config.radio
         # None of these does I/O yet: it starts in run(), once the control socket is ours.
         self.tokens = TokenBook(topic=apns.topic)
@@ -140,9 +140,8 @@ class Daemon:
             on_feedback=feedback,
             on_report=report,
         )
-        self.client.on_lost = (
-            self.dispatcher.connection_lost
-        )  # the engine decides when to reconnect
+        # The engine, not the client, decides when to reconnect.
+        self.client.on_lost = self.dispatcher.connection_lost
         self.ring_path = RingPath(
             self.rules, store=self.store, tokens=self.tokens, outbox=self.dispatcher
         )
@@ -174,9 +173,20 @@ class Daemon:
         )
         self.cloud_hooks: CloudHooks | None = None
         if config.cloud is not None:
-            cloud, self.cloud_hooks = _cloud(self, config)
+            cloud, self.cloud_hooks = _cloud(self, config, started_at)
         self.cloud = cloud
         self.home_assistant: HomeAssistantLink | None = None
+        self.gateway_status = GatewayStatus(
+            started_at=started_at,
+            receiver=self.receiver,
+            rules=self.rules,
+            tokens=self.tokens,
+            client=self.client,
+            credentials=self.credentials,
+            dispatcher=self.dispatcher,
+            store=self.store,
+            cloud=cloud,
+        )
         self._update_listeners()
 
     # -- lifecycle ------------------------------------------------------------------
@@ -376,26 +386,12 @@ class Daemon:
     # -- status ------------------------------------------------------------------------------------
 
     def status(self) -> StatusReport:
-        return build_status(
-            version=__version__,
-            started_at=self.started_at,
-            uptime_s=time.monotonic() - self._started_mono,
-            ready=self.ready,
-            radio=self.receiver.status(),
-            buttons=self.rules.tracker.ring_counts(),
-            tokens=self.tokens,
-            apns=self.credentials.discount(self.client.status()),
-            credentials=self.credentials.status(),
-            credentials_problem=self.credentials.problem(),
-            outbox=self.dispatcher.status(),
-            store=self.store.health(),
-            cloud=None if self.cloud is None else self.cloud.status(),
-            home_assistant=None if self.home_assistant is None else self.home_assistant.status(),
-            config=self.config_state,
+        return self.gateway_status.report(
+            ready=self.ready, config=self.config_state, home_assistant=self.home_assistant
         )
 
 
-def _cloud(daemon: Daemon, config: Config) -> tuple[CloudSync, CloudHooks]:
+def _cloud(daemon: Daemon, config: Config, started_at: float) -> tuple[CloudSync, CloudHooks]:
     """The MQTT sync and its hooks (the MQTT stack is imported only by cloud gateways)."""
     from edgebell.cloud.gateway import CloudHooks
     from edgebell.cloud.sync import CloudSync
@@ -414,7 +410,7 @@ def _cloud(daemon: Daemon, config: Config) -> tuple[CloudSync, CloudHooks]:
         config.cloud,
         gateway_id=config.gateway.id,
         version=__version__,
-        started_at=daemon.started_at,
+        started_at=started_at,
         store=daemon.store,
         hooks=hooks,
         delegated=isinstance(daemon.auth, DelegatedAuth),

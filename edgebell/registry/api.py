@@ -16,7 +16,6 @@ from edgebell.registry.http import Request, Response
 from edgebell.registry.service import RegistryService
 
 Action = Callable[[RegistryService, Principal, dict[str, str], Any], Awaitable[Any]]
-_SEGMENT = "([^/]+)"
 
 
 async def _put_gateway(s: RegistryService, p: Principal, a: dict[str, str], body: Any) -> Any:

@@ -681,9 +681,6 @@ def _event(
     }
 
 
-_OUTCOMES = ("delivered", "failed", "queued", "expired", "removed")
-
-
 def summary(at: str | None, counts: dict[str, Any] | None) -> str:
     """``rang at 14:05, reached 3 of 4 phones`` (the time as the gateway wrote it)."""
     when = "rang"
