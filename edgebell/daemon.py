@@ -19,6 +19,7 @@ from edgebell.apns.credentials import CredentialsCheck
 from edgebell.commands import ControlCommands
 from edgebell.config import (
     CertificateAuthConfig,
+    CloudConfig,
     Config,
     DelegatedAuthConfig,
     TokenAuthConfig,
@@ -173,7 +174,7 @@ class Daemon:
         )
         self.cloud_hooks: CloudHooks | None = None
         if config.cloud is not None:
-            cloud, self.cloud_hooks = _cloud(self, config, started_at)
+            cloud, self.cloud_hooks = _cloud(self, config.cloud, config.gateway.id, started_at)
         self.cloud = cloud
         self.home_assistant: HomeAssistantLink | None = None
         self.gateway_status = GatewayStatus(
@@ -391,12 +392,13 @@ class Daemon:
         )
 
 
-def _cloud(daemon: Daemon, config: Config, started_at: float) -> tuple[CloudSync, CloudHooks]:
+def _cloud(
+    daemon: Daemon, section: CloudConfig, gateway_id: str, started_at: float
+) -> tuple[CloudSync, CloudHooks]:
     """The MQTT sync and its hooks (the MQTT stack is imported only by cloud gateways)."""
     from edgebell.cloud.gateway import CloudHooks
     from edgebell.cloud.sync import CloudSync
 
-    assert config.cloud is not None
     hooks = CloudHooks(
         service=daemon.service,
         tokens=daemon.tokens,
@@ -407,8 +409,8 @@ def _cloud(daemon: Daemon, config: Config, started_at: float) -> tuple[CloudSync
         auth=daemon.auth,
     )
     sync = CloudSync(
-        config.cloud,
-        gateway_id=config.gateway.id,
+        section,
+        gateway_id=gateway_id,
         version=__version__,
         started_at=started_at,
         store=daemon.store,
