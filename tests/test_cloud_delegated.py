@@ -141,3 +141,28 @@ def test_the_last_jwt_is_kept_for_a_restart_while_the_broker_is_away(
         assert status["cloud"]["connected"] is False
         assert status["cloud"]["apns_jwt_iat"] == iat
         assert authorizations(apns_standin_thread, ring(second)) == {f"bearer {token}"}
+
+
+def test_credentials_are_proven_again_with_each_new_fleet_jwt(
+    delegated_files: GatewayFiles,
+    cloud: CloudPeer,
+    signer: Signer,
+    pki: TestPki,
+    apns_standin_thread: StandInThread,
+) -> None:
+    ver = signer.next_ver()
+    publish_list(cloud, signer.sign([entry(random_token())], ver=ver))
+    with DaemonProcess(delegated_files) as daemon:
+        status = wait_list(daemon, ver)
+        # No JWT yet: nothing proven, and status says so instead of "healthy".
+        assert status["apns"]["credentials"]["state"] == "not yet proven"
+        assert status["state"] == "degraded"
+        publish_jwt(cloud, pki, int(time.time()) - 60)
+        status = daemon.wait_status(
+            lambda s: s["apns"]["credentials"]["state"] == "verified", timeout=20
+        )
+        first = status["apns"]["credentials"]["verified_at"]
+        publish_jwt(cloud, pki, int(time.time()))
+        daemon.wait_status(lambda s: s["apns"]["credentials"]["verified_at"] != first, timeout=20)
+    probes = [r for r in apns_standin_thread.responses(no_device=True) if not r.to_device]
+    assert [(p.status, p.reason) for p in probes] == [(400, "BadDeviceToken")] * 2
