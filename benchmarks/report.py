@@ -822,8 +822,8 @@ def notes(results: dict[str, Any]) -> list[str]:
         out.append(
             f"Fleet on RabbitMQ: each gateway's session is a quorum queue, a Raft group on all"
             f" {cluster['broker_nodes']} nodes, so a list published on node 1 is replicated"
-            " and written to disk on every node before the gateway's node delivers it, and each"
+            " to a majority of the nodes, each writing it to disk, before it is delivered; each"
             " connect declares such a queue (hence the slower connect); three Erlang VMs on two"
-            " cores also compete with the 500 gateways' process for the CPU."
+            f" cores also compete with the {cluster['gateways']} gateways' process for the CPU."
         )
     return out

@@ -28,7 +28,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edgebell.cloud.messages import parse_hello
-from edgebell.cloud.topics import HELLO, Topics, gateway_of
+from edgebell.cloud.topics import HELLO, Topics, fleet_jwt_topic, gateway_of
 from edgebell.errors import CloudError
 from testkit.pki import CertFiles
 
@@ -185,7 +185,7 @@ class CloudPeer:
         with self._cond:
             self._fleet_jwt = text
         if publish:
-            self.publish(Topics(self.prefix, "-").fleet_jwt, text, retain=True)
+            self.publish(fleet_jwt_topic(self.prefix), text, retain=True)
 
     def delegate(self, gateway_id: str) -> None:
         """The cloud signs APNs requests for this gateway: its hello gets the fleet JWT."""

@@ -207,6 +207,25 @@ def test_a_too_narrow_permission_shows_as_a_permission_problem(
     rabbit.remove_user(gw.id)
 
 
+def test_a_certificate_without_a_user_shows_as_a_refused_login(
+    tmp_path: Path,
+    pki: TestPki,
+    rabbit: RabbitCluster,
+    apns_standin_thread: StandInThread,
+    rflink_receiver: FakeReceiver,
+) -> None:
+    gw = new_gateway(tmp_path, pki, rabbit, rabbit.nodes[2], apns_standin_thread, rflink_receiver)
+    rabbit.remove_user(gw.id)  # every certificate's CN must exist as a user
+    with DaemonProcess(gw.files) as daemon:
+        status = daemon.wait_status(
+            lambda s: any("refused this gateway's login" in p for p in s["problems"]), WAIT
+        )
+        [problem] = [p for p in status["problems"] if "login" in p]
+        assert "a user named after the certificate's CN" in problem
+        assert f"{gw.p}/status" in problem  # the last will it must be allowed to publish
+        assert not any("unreachable" in p for p in status["problems"])
+
+
 # -- a bare MQTT client that tries one thing ------------------------------------------------
 
 

@@ -44,7 +44,12 @@ class Topics:
 
     @property
     def fleet_jwt(self) -> str:
-        return f"{self.prefix}/fleet/apns-jwt"
+        return fleet_jwt_topic(self.prefix)
+
+
+def fleet_jwt_topic(prefix: str) -> str:
+    """``<prefix>/fleet/apns-jwt``: the one topic every gateway of the fleet reads."""
+    return f"{prefix}/fleet/apns-jwt"
 
 
 def gateway_of(topic: str, prefix: str, suffix: str) -> str | None:
