@@ -67,3 +67,16 @@ def test_clock_going_backwards_does_not_swallow_presses(tracker: ButtonTracker) 
     tracker.on_frame(FRONT.key, 100.0)
     # Negative gaps are not "within" a window: a press after a clock step still rings.
     assert tracker.on_frame(FRONT.key, 50.0).verdict is Verdict.RING
+
+
+def test_ring_counts_are_kept_by_the_tracker_and_survive_a_reload_by_id(
+    tracker: ButtonTracker,
+) -> None:
+    tracker.count_ring("front", 1000.0)
+    tracker.count_ring("front", 1005.0)
+    # The front button gets a new transmitter (another key): its presses start afresh,
+    # its ring count goes on; a new button starts at zero.
+    moved = Button("front", "Front door", lines_key("C3"))
+    gate = Button("gate", "Garden gate", lines_key("D4"))
+    again = tracker.reconfigured([moved, BACK, gate], debounce=1.5, cooldown=10.0)
+    assert again.ring_counts() == [("front", 1005.0, 2), ("back", None, 0), ("gate", None, 0)]

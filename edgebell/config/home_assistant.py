@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import Protocol
 
 import yaml
 
@@ -14,9 +15,21 @@ from edgebell.config.model import (
     section_keys,
     split_url,
 )
+from edgebell.config.yamltree import Document, Fields
 
-if TYPE_CHECKING:
-    from edgebell.config.load import _Loader
+
+class SectionReader(Protocol):
+    """What reading a section needs of the config loader (``load._Loader``)."""
+
+    @property
+    def doc(self) -> Document: ...
+
+    def file(self, node: yaml.Node, path: str) -> Path: ...
+
+    def setting(self, fields: Fields, section: type, name: str) -> float: ...
+
+    def backoff(self, fields: Fields, prefix: str, section: type) -> tuple[float, float]: ...
+
 
 SECTION = "home_assistant"
 KEYS = section_keys(HomeAssistantConfig)
@@ -30,7 +43,7 @@ def default_node_id(gateway_id: str) -> str:
 
 
 def home_assistant_section(
-    loader: _Loader, node: yaml.Node, gateway_id: str
+    loader: SectionReader, node: yaml.Node, gateway_id: str
 ) -> HomeAssistantConfig:
     """The validated section; a ConfigError at the offending key otherwise."""
     doc = loader.doc
@@ -115,7 +128,7 @@ def home_assistant_section(
     )
 
 
-def _topic(loader: _Loader, node: yaml.Node | None, name: str, default: str) -> str:
+def _topic(loader: SectionReader, node: yaml.Node | None, name: str, default: str) -> str:
     if node is None:
         return default
     key = f"{SECTION}.{name}"

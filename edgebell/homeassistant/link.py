@@ -182,7 +182,6 @@ class HomeAssistantLink:
         self.connects = 0
         self.last_error: str | None = None
         self.published = 0
-        self.births = 0
 
     # -- start and stop -----------------------------------------------------------------
 
@@ -385,7 +384,6 @@ class HomeAssistantLink:
             if _text(message.payload).strip().lower() == "online":
                 # Home Assistant (re)started: it may have forgotten everything but retained
                 # messages; announce again, as it asks of every integration.
-                self.births += 1
                 log.info("Home Assistant came online: announcing the doorbell again")
                 self._announce_due = True
                 self._wake.set()
