@@ -6,6 +6,7 @@ import time
 from typing import TYPE_CHECKING
 
 from edgebell import __version__
+from edgebell.logs import counters as log_counters
 from edgebell.status import ConfigState, StatusReport, build_status
 
 if TYPE_CHECKING:
@@ -68,4 +69,5 @@ class GatewayStatus:
             cloud=None if self._cloud is None else self._cloud.status(),
             home_assistant=None if home_assistant is None else home_assistant.status(),
             config=config,
+            logs=log_counters(),
         )

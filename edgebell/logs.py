@@ -26,6 +26,8 @@ _NOISY = ("hpack", "h2")
 
 
 _listener: logging.handlers.QueueListener | None = None
+_queued: BoundedQueueHandler | None = None
+_limiter: RepeatLimiter | None = None
 
 
 def setup_logging(
@@ -41,7 +43,7 @@ def setup_logging(
     writes them: a ring's log line never waits on a slow journald or a full pipe
     before the push goes out. ``shutdown_logging()`` (also run at exit) drains it.
     """
-    global _listener
+    global _listener, _queued, _limiter
     shutdown_logging()
     stream = stream or sys.stderr
     handler = logging.StreamHandler(stream)
@@ -54,17 +56,27 @@ def setup_logging(
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
+    _limiter = RepeatLimiter()
     if background:
         records: queue.Queue[logging.LogRecord] = queue.Queue(QUEUE_MAX)
-        queued = BoundedQueueHandler(records)
-        queued.addFilter(RepeatLimiter())  # before the queue: held-back repeats cost nothing
-        root.addHandler(queued)
+        _queued = BoundedQueueHandler(records)
+        _queued.addFilter(_limiter)  # before the queue: held-back repeats cost nothing
+        root.addHandler(_queued)
         _listener = logging.handlers.QueueListener(records, handler, respect_handler_level=True)
         _listener.start()
     else:
-        handler.addFilter(RepeatLimiter())
+        _queued = None
+        handler.addFilter(_limiter)
         root.addHandler(handler)
     set_level(level)
+
+
+def counters() -> dict[str, int]:
+    """The ``logs`` part of status: records the full queue dropped, repeats held back."""
+    return {
+        "dropped": 0 if _queued is None else _queued.dropped,
+        "repeats_held_back": 0 if _limiter is None else _limiter.suppressed,
+    }
 
 
 def shutdown_logging() -> None:

@@ -82,6 +82,7 @@ def build_status(
     home_assistant: dict[str, Any] | None = None,
     credentials: dict[str, Any] | None = None,
     credentials_problem: str | None = None,
+    logs: dict[str, int] | None = None,
 ) -> StatusReport:
     problems: list[str] = []
     if not radio.connected:
@@ -167,6 +168,8 @@ def build_status(
             "lost_at_start": store.lost_at_start,
             "tokens_store_error": store.tokens_error,
         },
+        # Log records the full queue dropped, and repeated lines held back (see logqueue.py).
+        "logs": logs,
         "config": None
         if config is None
         else {
@@ -243,6 +246,12 @@ def render_human(data: dict[str, Any]) -> str:
         )
         if home.get("last_error") and not home.get("connected"):
             lines.append(f"           last error: {home['last_error']}")
+    logs = data.get("logs")
+    if logs and (logs.get("dropped") or logs.get("repeats_held_back")):
+        lines.append(
+            f"logs       {logs.get('repeats_held_back', 0)} repeated lines held back,"
+            f" {logs.get('dropped', 0)} records dropped (the writer could not keep up)"
+        )
     config = data.get("config")
     if config:
         lines.append(f"config     {config['file']}, loaded {config['loaded_at']}")

@@ -150,6 +150,10 @@ def test_a_banner_loop_makes_a_bounded_number_of_log_lines(
             rflink_receiver.write(banner * 500)
         rflink_receiver.write_line(FRONT_FRAME.format(n=1))
         apns_standin_thread.wait_for(lambda s: len(s.received) >= 3, timeout=20)
+        held = daemon.status()["logs"]
+        assert held["repeats_held_back"] >= 5_000 - BURST  # counted, and status says so
+        assert held["dropped"] == 0
+        assert "repeated lines held back" in daemon.cli("status").stdout
         assert daemon.stop() == 0
     announced = [ln for ln in daemon.log_text().splitlines() if "receiver announced itself" in ln]
     assert 1 <= len(announced) <= BURST
