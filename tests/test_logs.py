@@ -53,7 +53,7 @@ def test_under_journald_lines_carry_a_priority_and_no_timestamp(
     lines = [line for line in daemon.log_text().splitlines() if line]
     assert lines
     assert all(JOURNAL_LINE.match(line) for line in lines), lines
-    assert "<6>edgebell.daemon: ring " in daemon.log_text()
+    assert "<6>edgebell.ringpath: ring " in daemon.log_text()
     assert not any(line.startswith("<7>") for line in lines)  # log_level: info
 
 
