@@ -171,10 +171,24 @@ def ensure_rootfs(log: Path, cache: Path = CACHE_DIR) -> Path:
     return rootfs
 
 
-def ensure_wheelhouse(repo: Path, log: Path, cache: Path = CACHE_DIR) -> Path:
-    """Wheels of edgebell's dependencies (and of its build backend), built once on the host.
+def rootfs_python(rootfs: Path) -> str:
+    """The container's Python version (``3.11``), read from its file system."""
+    versions = sorted(
+        p.name.removeprefix("python")
+        for p in (rootfs / "usr/lib").glob("python3.*")
+        if (p / "os.py").exists()
+    )
+    if not versions:
+        raise CannotBoot(f"no Python standard library in {rootfs}/usr/lib")
+    return versions[-1]
 
-    The container then installs offline: no index, proxy or CA configuration inside.
+
+def ensure_wheelhouse(repo: Path, python: str, log: Path, cache: Path = CACHE_DIR) -> Path:
+    """Wheels of edgebell's dependencies (and of its build backend) for the container's Python.
+
+    Fetched once on the host, with the host's pip configuration (index, proxy, CA); the
+    container then installs offline. When the host runs another Python than the
+    container (``python``, e.g. ``3.11``), binary wheels for that version are downloaded.
     """
     project = tomllib.loads((repo / "pyproject.toml").read_text())
     wanted = [
@@ -182,7 +196,7 @@ def ensure_wheelhouse(repo: Path, log: Path, cache: Path = CACHE_DIR) -> Path:
         "wheel",
         *project["project"]["dependencies"],
     ]
-    tag = f"py{sys.version_info.major}{sys.version_info.minor}"
+    tag = "py" + python.replace(".", "")
     key = hashlib.sha256(" ".join(wanted).encode()).hexdigest()[:12]
     wheels = cache / f"wheels-{tag}-{key}"
     with _locked(cache / f"wheels-{tag}-{key}.lock"):
@@ -190,11 +204,13 @@ def ensure_wheelhouse(repo: Path, log: Path, cache: Path = CACHE_DIR) -> Path:
             return wheels
         building = cache / f"wheels-{tag}-{key}.building"
         shutil.rmtree(building, ignore_errors=True)
-        run_logged(
-            [sys.executable, "-m", "pip", "wheel", "-q", "--wheel-dir", str(building), *wanted],
-            log,
-            timeout=1200,
-        )
+        pip = [sys.executable, "-m", "pip"]
+        if python == f"{sys.version_info.major}.{sys.version_info.minor}":
+            argv = [*pip, "wheel", "-q", "--wheel-dir", str(building), *wanted]
+        else:
+            argv = [*pip, "download", "-q", "--only-binary=:all:", f"--python-version={python}"]
+            argv += ["--dest", str(building), *wanted]
+        run_logged(argv, log, timeout=1200)
         (building / ".edgebell-complete").write_text(" ".join(wanted) + "\n")
         shutil.rmtree(wheels, ignore_errors=True)
         building.rename(wheels)

@@ -29,7 +29,15 @@ import yaml
 
 from testkit.fake_receiver import FakeReceiver
 from testkit.gateway import BACK_FRAME, FRONT_FRAME, KEY_ID, TEAM_ID, TOPIC, random_token
-from testkit.nspawn import Bind, CannotBoot, Container, ensure_rootfs, ensure_wheelhouse, preflight
+from testkit.nspawn import (
+    Bind,
+    CannotBoot,
+    Container,
+    ensure_rootfs,
+    ensure_wheelhouse,
+    preflight,
+    rootfs_python,
+)
 from testkit.pki import TestPki
 from testkit.standin_thread import StandInThread
 
@@ -187,7 +195,7 @@ def system(tmp_path_factory: pytest.TempPathFactory, pki: TestPki) -> Iterator[S
     try:
         preflight()
         rootfs = ensure_rootfs(log)
-        wheels = ensure_wheelhouse(REPO, log)
+        wheels = ensure_wheelhouse(REPO, rootfs_python(rootfs), log)
     except (CannotBoot, OSError) as exc:
         pytest.fail(f"cannot boot the unit under systemd on this machine: {exc}", pytrace=False)
     with (
