@@ -100,9 +100,9 @@ def host_release() -> str:
     return match[1]
 
 
-def host_mirror(suite: str) -> str:
+def host_mirror(suite: str, apt: Path = Path("/etc/apt")) -> str:
     """The Debian mirror this machine's apt uses for ``suite`` (deb822 or one-line sources)."""
-    files = [Path("/etc/apt/sources.list"), *sorted(Path("/etc/apt/sources.list.d").glob("*"))]
+    files = [apt / "sources.list", *sorted((apt / "sources.list.d").glob("*"))]
     for path in files:
         if path.suffix not in ("", ".list", ".sources") or not path.is_file():
             continue
