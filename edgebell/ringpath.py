@@ -137,8 +137,8 @@ class RingPath:
             # A bug in the fan-out must not lose the ring: it is still counted and published.
             log.exception("ring %s: cannot push it to the phones", ring.ring_id[:8])
             notifications = []
-        # Everything below acknowledges the ring: the dispatcher has committed its rows
-        # (store.add), or they wait in memory for a failing disk and the log line says so.
+        # Everything below acknowledges the ring: store.add has committed its rows, or
+        # they wait in memory for a failing disk and the log line says so.
         durable = self._store.is_durable(ring.ring_id)
         for listener in self.listeners:
             listener.ring(ring)  # a queue append each: published by the link's own task

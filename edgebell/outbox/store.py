@@ -207,7 +207,7 @@ class _Db:
             conn.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
             conn.execute("PRAGMA journal_mode=WAL")
             # No fsync on a commit: it reaches the OS, which is what a kill -9 needs. The
-            # writer thread's checkpoints sync the WAL and the database (see _checkpoint).
+            # writer thread's checkpoints sync the WAL and the database (see checkpoint).
             conn.execute("PRAGMA synchronous=OFF")
             conn.execute("PRAGMA wal_autocheckpoint=0")
             row = conn.execute("PRAGMA quick_check").fetchone()
