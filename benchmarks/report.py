@@ -739,10 +739,11 @@ def notes(results: dict[str, Any]) -> list[str]:
                 " per push is the steadier comparison"
             )
         out.append(
-            f"Sustained fan-out: {limit}. Where edgebell's CPU per push goes (py-spy): h2's"
-            " frame objects and stream state machine, asyncio's per-request timeout timer and"
-            " future, TLS records, and the garbage collector (about a fifth at 10,000 pushes in"
-            " flight)."
+            f"Sustained fan-out: {limit}. edgebell drives h2 and hpack through their public API"
+            " only (docs/design.md): its own count of open streams through h2's public"
+            " open_outbound_streams, request headers through apns/encoder.py. Where its CPU per"
+            " push goes: hpack and h2's frame objects and stream state machine, asyncio's"
+            " per-request timeout timer and future, TLS records, and the garbage collector."
         )
         peers = [p for p in ("aioapns", "httpx") if p in fanout["clients"]]
         if peers:
@@ -756,6 +757,13 @@ def notes(results: dict[str, Any]) -> list[str]:
                 " finishes (thousands wait here), looks up the running async library on every"
                 " request (a failing import each time), and each push builds request, response"
                 " and stream objects of a general HTTP client."
+            )
+        if "node-apn" in fanout["clients"]:
+            out.append(
+                "@parse/node-apn (benchmarks/node, pinned by its package-lock.json) runs in Node"
+                " 20: HTTP/2 and HPACK in nghttp2 (C), its JWT and JSON in JavaScript; its CPU"
+                " is the whole Node process's (process.cpuUsage), as edgebell's is its whole"
+                " process's (getrusage)."
             )
         out.append(
             "The stand-in was the limit when this benchmark was written (on this machine, h2load"

@@ -48,9 +48,10 @@ log = logging.getLogger(__name__)
 # The longest wait between two attempts to reach Apple again after an outage.
 LINK_RETRY_MAX = 10.0
 
-# A pause after a 5xx starts at retry_min and doubles per 5xx in a row, up to this: while
-# Apple answers some pushes, every phone of a fresh ring is reached within seconds.
-PAUSE_MAX_BUSY = 4.0
+# 5xx answers in a row (no success between) that still count as Apple answering some
+# pushes: the pause after each stays at retry_min. Half of all requests answered 503 gives
+# five in a row one time in 32; only beyond this does the pause double, up to retry_max.
+PAUSE_PATIENCE = 4
 
 # Answers that prove Apple took our credentials.
 _ACCEPTED = frozenset({Outcome.DELIVERED, Outcome.TOKEN_DEAD, Outcome.FAILED})
@@ -640,11 +641,10 @@ class Dispatcher:
         return full_jitter(attempt, min(self._retry_min, ceiling), ceiling, self._rng.random)
 
     def _pause_delay(self, strikes: int) -> float:
-        # Apple overloaded: pause the environment, longer while nothing but 5xx comes back.
-        # Up to a few seconds while some pushes still succeed (strikes reset on a success),
-        # up to retry_max when Apple answers nothing else.
-        ceiling = self._retry_max if strikes > 8 else min(self._retry_max, PAUSE_MAX_BUSY)
-        return full_jitter(strikes, min(self._retry_min, ceiling), ceiling, self._rng.random)
+        # Apple overloaded: pause the environment. Short while Apple still answers some pushes
+        # (strikes reset on a success), doubling up to retry_max while it answers nothing else.
+        attempt = max(1, strikes - PAUSE_PATIENCE)
+        return full_jitter(attempt, self._retry_min, self._retry_max, self._rng.random)
 
     # -- settling ------------------------------------------------------------------------
 
