@@ -194,8 +194,9 @@ class ApnsClient:
                     headers, request.payload, self._request_timeout
                 )
             except Requeued:
-                # Queued for a stream when the connection stopped taking new ones: nothing
-                # was sent, so it goes on the fresh connection, once.
+                # Queued for a stream slot when the connection stopped taking new ones:
+                # nothing was sent, so placing it on the next connection is the pool's job
+                # (as an HTTP pool does with a full connection), not a retry. Once.
                 conn = await self._connection(env)
                 status, response, body = await conn.request(
                     headers, request.payload, self._request_timeout
