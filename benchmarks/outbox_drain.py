@@ -140,6 +140,7 @@ def fanouts(phones: int = 3000, rings: int = 3) -> dict[str, Any]:
             daemon.wait_status(lambda s: s["radio"]["connected"] and s["apns"]["connected"])
             before = proc_rss_mb(pid)
             took = []
+            each = []
             for n in range(1, rings + 1):
                 started = time.monotonic()
                 # As `edgebell ring` does: no debounce or cooldown between the rings.
@@ -150,6 +151,7 @@ def fanouts(phones: int = 3000, rings: int = 3) -> dict[str, Any]:
                 standin.call("wait", count=phones * n, timeout=120)
                 daemon.wait_status(lambda s: s["outbox"]["pending"] == 0, timeout=60)
                 took.append(round(time.monotonic() - started, 3))
+                each.append(round(proc_rss_mb(pid), 1))
             after = proc_rss_mb(pid)
             peak = proc_rss_mb(pid, "VmHWM")
         finally:
@@ -157,7 +159,12 @@ def fanouts(phones: int = 3000, rings: int = 3) -> dict[str, Any]:
     return {
         "phones": phones,
         "rings": rings,
-        "rss_mb": {"before": round(before, 1), "after": round(after, 1), "peak": round(peak, 1)},
+        "rss_mb": {
+            "before": round(before, 1),
+            "after_each": each,
+            "after": round(after, 1),
+            "peak": round(peak, 1),
+        },
         "ring_s": took,
     }
 

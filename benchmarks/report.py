@@ -22,6 +22,10 @@ class Row:
     ok: bool | None  # None: reported, no target
 
 
+def _each_ring(fan: dict[str, Any]) -> str:
+    return ", ".join(str(m) for m in fan["rss_mb"].get("after_each", ()))
+
+
 def _ratio(r: dict[str, Any]) -> str:
     return f"{r['median']}× ({r['min']}–{r['max']})"
 
@@ -463,7 +467,8 @@ def _details(results: dict[str, Any]) -> list[str]:
                     f"- {drain['fanouts']['rings']} rings, each to"
                     f" {drain['fanouts']['phones']:,} phones, all answered (seconds per ring:"
                     f" {', '.join(str(t) for t in drain['fanouts']['ring_s'])}): daemon RSS"
-                    f" {drain['fanouts']['rss_mb']['before']} MiB before,"
+                    f" {drain['fanouts']['rss_mb']['before']} MiB before, after each ring"
+                    f" {_each_ring(drain['fanouts'])},"
                     f" **{drain['fanouts']['rss_mb']['after']} MiB** after"
                     f" (peak {drain['fanouts']['rss_mb']['peak']} MiB)"
                 ]

@@ -65,8 +65,8 @@ class ApnsClient:
 
     Connections are opened when a push needs one (or warmed with :meth:`connect`) and
     shared by all sends of an environment. A 5xx answer retires its connection (Apple's
-    advice: the retry goes on a fresh one); when a connection stops taking requests
-    (failure, failed health PING, the server's close or GOAWAY, a retirement)
+    advice: the retry goes on a fresh one, opened by the next send); when a connection is
+    lost (failure, failed health PING, the server's close or GOAWAY)
     ``on_lost(env, reason, abrupt)`` says so (``abrupt``: it died, rather than draining
     after a GOAWAY or a retirement), and the caller decides when to connect again.
     :meth:`send` makes one attempt; a request that never got a stream (its connection
@@ -294,6 +294,8 @@ class ApnsClient:
         if not conn.alive:  # failed; after a GOAWAY or a 5xx it drains (and logged that)
             self._last_error = f"{env.value}: {reason}"
             log.warning("APNs %s connection failed: %s", env.value, reason)
+        if conn.retired and conn.alive:
+            return  # the pool's own decision (a 5xx): the next push opens the next connection
         if self._conns.get(env) is conn and self.on_lost is not None and not self._closed:
             self.on_lost(env, reason, not conn.alive)
 

@@ -124,6 +124,7 @@ class ApnsConnection(asyncio.Protocol):
         self._health_ping: bytes | None = None
         self._health_timer: asyncio.TimerHandle | None = None
         self.last_error: str | None = None
+        self.retired = False  # taken out of use by retire(), not lost
 
     # -- life cycle -------------------------------------------------------------------
 
@@ -547,6 +548,7 @@ class ApnsConnection(asyncio.Protocol):
         if not self.available:
             return
         self._draining = True
+        self.retired = True
         self.last_error = reason
         log.info("APNs %s: %s, no new streams on this connection", self.name, reason)
         self._fail_waiting(reason, requeue=True)

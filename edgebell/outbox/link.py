@@ -18,11 +18,10 @@ How much goes out at once is the link's too, per connection and environment:
   by one per answer (slow start, up to half the window the loss happened at, then
   by one per window): a front end that drops every few dozen answers costs a few
   dozen resends per connection, not everything queued each time;
-- a pause after 5xx answers (Apple overloaded): the window halves, at most once per
-  window of requests, and nothing new goes out for a jittered delay that grows only
-  while 5xx answers come without a success in between. While Apple answers at all,
-  pushes keep going within a second or two; when it only answers 5xx, the pauses
-  grow to ``retry_max``.
+- a pause after 5xx answers (Apple overloaded): nothing new goes out for a jittered
+  delay of up to ``retry_min``, which doubles only after several 5xx answers in a row
+  without a success. While Apple answers at all, pushes keep going within a second or
+  two; when it only answers 5xx, the pauses grow to ``retry_max``.
 
 The link never sleeps, sends or connects itself: the engine (dispatcher) asks it
 what is allowed now, tells it what happened, and keeps its timers.
@@ -38,7 +37,7 @@ log = logging.getLogger(__name__)
 
 # Requests in flight on one connection at most: ample for a doorbell's fan-out, and it
 # bounds h2's per-request bookkeeping, which walks every open stream.
-MAX_WINDOW = 256
+MAX_WINDOW = 128
 # Streams a connection starts with after an abrupt loss.
 RESTART_WINDOW = 4
 
@@ -77,7 +76,6 @@ class Link:
         self._probe_out = False
         self._seq = 0  # requests sent; a request's number tells which era it belongs to
         self._era = 0  # first request number sent since the link last went down
-        self._recover = 0  # 5xx answers to requests numbered below this cut no further
 
     # -- what may go out -----------------------------------------------------------------
 
@@ -108,11 +106,10 @@ class Link:
             self._set_up()
         self._failures = 0
         if overloaded:
+            # Apple is busy, not the connection: nothing new goes out for a while. The window
+            # stays (halving it per 5xx would make a storm of random 503s crawl, a few pushes
+            # per round trip, and keep a visitor's phones waiting for minutes).
             self._strikes += 1
-            if seq >= self._recover:
-                self.window = max(1.0, self.window / 2)
-                self._threshold = self.window
-                self._recover = self._seq + 1
             self.paused_until = max(self.paused_until, now + self._pause_delay(self._strikes))
             return
         self._strikes = 0
@@ -151,8 +148,11 @@ class Link:
         ``abrupt``: it died (reset, failed PING) rather than draining after a GOAWAY."""
         if self.state is not LinkState.UP:
             return
-        if abrupt and self.in_flight:
-            # Answers in flight die with it: it took more than it could carry.
+        if self.in_flight:
+            # It went away under load: answers died with it (abrupt), or the requests above
+            # the GOAWAY's last stream come back to be sent again. Either way the next
+            # connection starts small, so a front end that goes away every few dozen
+            # requests gets a few dozen resends each time, not the whole window.
             self._threshold = max(float(RESTART_WINDOW), self.window / 2)
             self.window = float(RESTART_WINDOW)
         self._down(now, detail)

@@ -210,6 +210,10 @@ class _Db:
             # writer thread's checkpoints sync the WAL and the database (see checkpoint).
             conn.execute("PRAGMA synchronous=OFF")
             conn.execute("PRAGMA wal_autocheckpoint=0")
+            # A 256 KiB page cache (SQLite's default is 2 MiB): the outbox is written far more
+            # than read, and a fan-out to thousands of phones would otherwise leave its pages
+            # cached for good.
+            conn.execute("PRAGMA cache_size=-256")
             row = conn.execute("PRAGMA quick_check").fetchone()
             if row is None or row[0] != "ok":
                 raise _IntegrityFailed(f"integrity check failed: {row}")
