@@ -31,6 +31,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+from testkit.gateway import die_with_parent
 from testkit.mosquitto import CLOUD_USER, free_port
 from testkit.pki import CertFiles
 
@@ -88,8 +89,13 @@ class RabbitNode:
             RABBITMQ_MNESIA_BASE=str(self.dir / "mnesia"),
             RABBITMQ_LOG_BASE=str(self.dir / "log"),
             RABBITMQ_PID_FILE=str(self.dir / "rabbit.pid"),
+            # The script then execs the VM instead of staying its parent, so the VM is our
+            # child and dies with us (die_with_parent survives exec); -noinput as without it.
+            RABBITMQ_ALLOW_INPUT="1",
             # The distribution port on loopback too, not on every interface.
-            RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}",
+            RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS=(
+                "-noinput -kernel inet_dist_use_interface {127,0,0,1}"
+            ),
         )
         return env
 
@@ -136,8 +142,11 @@ class RabbitNode:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                # Its own process group: stop() signals the shell script and the VM together.
+                # Its own process group: stop() signals the VM and its helpers together.
                 start_new_session=True,
+                # A test run or benchmark killed before its clean-up must not leave a
+                # cluster running: half a gigabyte each.
+                preexec_fn=die_with_parent,
             )
 
     def pid(self) -> int:
@@ -246,6 +255,7 @@ class RabbitCluster:
             env=self.base_env(),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            preexec_fn=die_with_parent,
         )
         try:
             # The first node forms the cluster; the others boot in parallel and join it.
