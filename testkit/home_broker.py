@@ -21,7 +21,7 @@ from types import TracebackType
 from typing import Self
 
 from testkit.gateway import die_with_parent
-from testkit.mosquitto import free_port, mosquitto_binary
+from testkit.mosquitto import exit_output, free_port, mosquitto_binary
 from testkit.pki import CertFiles
 
 GATEWAY_USER = "edgebell"
@@ -128,8 +128,8 @@ class HomeBroker:
         deadline = time.monotonic() + _START_TIMEOUT
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
-                err = self._proc.stderr.read().decode(errors="replace") if self._proc.stderr else ""
-                raise RuntimeError(f"mosquitto exited with {self._proc.returncode}:\n{err}")
+                code, err = self._proc.returncode, exit_output(self._proc)
+                raise RuntimeError(f"mosquitto exited with {code}:\n{err}\n{self.log_text()}")
             with contextlib.suppress(OSError):
                 for port in ports:
                     socket.create_connection((self.host, port), 0.2).close()

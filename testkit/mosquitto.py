@@ -58,11 +58,31 @@ def acl_text(
     )
 
 
+_handed_out: set[int] = set()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        port: int = s.getsockname()[1]
-        return port
+    """A port nothing listens on now, never handed out twice in one process.
+
+    Two calls in a row may get the same port back from the kernel (the first socket is
+    closed by then): a broker given it for two listeners exited with "Address already
+    in use".
+    """
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((host, 0))
+            port: int = s.getsockname()[1]
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
+
+
+def exit_output(proc: subprocess.Popen[bytes]) -> str:
+    """What a broker that exited at start printed, its pipe closed (no ResourceWarning later)."""
+    if proc.stderr is None:
+        return ""
+    with proc.stderr:
+        return proc.stderr.read().decode(errors="replace")
 
 
 class MosquittoBroker:
@@ -147,10 +167,8 @@ class MosquittoBroker:
         deadline = time.monotonic() + _START_TIMEOUT
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
-                err = self._proc.stderr.read().decode(errors="replace") if self._proc.stderr else ""
-                raise RuntimeError(
-                    f"mosquitto exited with {self._proc.returncode}:\n{err}\n{self.log_text()}"
-                )
+                code, err = self._proc.returncode, exit_output(self._proc)
+                raise RuntimeError(f"mosquitto exited with {code}:\n{err}\n{self.log_text()}")
             with contextlib.suppress(OSError):
                 socket.create_connection((self.host, self.port), 0.2).close()
                 return self
