@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import sqlite3
 from pathlib import Path
 
@@ -200,12 +201,18 @@ def test_a_database_deleted_or_replaced_is_recreated_with_every_row(
 ) -> None:
     before = [_notification(ring=f"r{i}") for i in range(3)]
     store.add(before)
-    for suffix in ("", "-wal", "-shm"):
-        Path(f"{store.path}{suffix}").unlink(missing_ok=True)
+    # The main file goes first, in one step, as a user's `rm` or `mv` does it: the writer
+    # thread may look at any moment, and must then see what happened to it, not a
+    # half-made state (it once saw "deleted" in the gap before a replacement appeared).
     if how == "replaced":
-        stranger = sqlite3.connect(store.path)
+        stranger = sqlite3.connect(tmp_path / "stranger.sqlite3")
         stranger.execute("CREATE TABLE t (x)")
         stranger.close()
+        os.replace(tmp_path / "stranger.sqlite3", store.path)
+    else:
+        store.path.unlink()
+    for suffix in ("-wal", "-shm"):
+        Path(f"{store.path}{suffix}").unlink(missing_ok=True)
     after = _notification(ring="r9")
     store.add([after])
     assert store.is_durable("r9")
