@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from edgebell import __version__
 from edgebell.apns.auth import ApnsAuth, CertificateAuth, DelegatedAuth, TokenAuth
 from edgebell.apns.client import ApnsClient
-from edgebell.apns.credentials import CredentialsCheck
+from edgebell.apns.credentials import CredentialsCheck, Witnessed
 from edgebell.commands import ControlCommands
 from edgebell.config import (
     CertificateAuthConfig,
@@ -131,7 +131,7 @@ class Daemon:
                 cloud.delivery(rep)
 
         self.dispatcher = Dispatcher(
-            sender=self.client,
+            sender=Witnessed(self.client, self.credentials),
             store=self.store,
             tokens=self.tokens,
             topic=apns.topic,

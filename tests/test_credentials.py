@@ -18,6 +18,7 @@ from edgebell.apns.credentials import (
     PROBE_TOKEN,
     CredentialsCheck,
     CredentialState,
+    Witnessed,
     judge,
     probe_request,
 )
@@ -151,6 +152,28 @@ async def test_no_answer_is_not_yet_proven_then_verified_when_apple_answers(
         assert check.state is CredentialState.UNPROVEN
         assert "503 ServiceUnavailable" in (check.problem() or "")
         apns_standin.set(fail_rate=0.0)
+        await settle(check)
+        assert check.state is CredentialState.VERIFIED
+        await check.aclose()
+
+
+@pytest.mark.asyncio
+async def test_a_rings_push_that_apple_answers_proves_them_without_waiting_for_the_probe(
+    apns_standin: ApnsStandIn, pki: TestPki
+) -> None:
+    """After an outage the first answered push settles it, not the probe's next turn."""
+    apns_standin.set(fail_rate=1.0, fail_status=503, fail_reason="ServiceUnavailable")
+    client = client_for(pki, apns_standin.url)
+    async with client:
+        # The probe's own next try is a minute away: only the ring's push can prove it in time.
+        check = CredentialsCheck(client, TOPIC, retry=(60.0, 60.0))
+        check.recheck({SANDBOX}, "start")
+        await asyncio.wait_for(check.wait_answered(), WAIT)
+        assert check.state is CredentialState.UNPROVEN
+        apns_standin.set(fail_rate=0.0)
+        ring = PushRequest("ab" * 32, SANDBOX, TOPIC, b'{"aps":{}}', str(uuid.uuid4()), "c", 0)
+        answered = await Witnessed(client, check).send(ring)
+        assert answered.status == 200
         await settle(check)
         assert check.state is CredentialState.VERIFIED
         await check.aclose()

@@ -105,6 +105,31 @@ class Sender(Protocol):
     async def send(self, request: PushRequest) -> PushResult: ...
 
 
+class Connector(Sender, Protocol):
+    async def connect(self, env: Environment) -> None: ...
+
+
+class Witnessed:
+    """The dispatcher's sender, with every answer to a ring's push shown to the check.
+
+    Any answer from Apple proves (or refuses) the credentials as well as the probe does:
+    after an outage the first push Apple answers settles the verdict at once, rather than
+    whenever the probe's own backoff comes round again.
+    """
+
+    def __init__(self, sender: Connector, check: CredentialsCheck) -> None:
+        self._sender = sender
+        self._check = check
+
+    async def send(self, request: PushRequest) -> PushResult:
+        result = await self._sender.send(request)
+        self._check.witness(request.environment, result)
+        return result
+
+    async def connect(self, env: Environment) -> None:
+        await self._sender.connect(env)
+
+
 class CredentialsCheck:
     """Probes Apple at start, after a reload and after a new delegated JWT; keeps the verdict.
 
@@ -137,6 +162,16 @@ class CredentialsCheck:
         self.probes = 0  # probe pushes sent (not pushes of rings: status subtracts them)
         self.probes_delivered = 0
         self._in_flight = 0
+        self._proven: set[Environment] = set()  # by a ring's push, during this round
+        self._wake = asyncio.Event()  # a ring's push proved an environment the round waits for
+
+    def witness(self, env: Environment, result: PushResult) -> None:
+        """A ring's push was answered: a verdict on the credentials the round waits for."""
+        if self.state is not CredentialState.UNPROVEN or env.value not in self.environments:
+            return
+        if judge(result).state is CredentialState.VERIFIED:
+            self._proven.add(env)
+            self._wake.set()
 
     def recheck(self, environments: Iterable[Environment], why: str) -> None:
         """Prove the credentials anew for ``environments`` (``why``: start, reload, new JWT)."""
@@ -146,6 +181,7 @@ class CredentialsCheck:
         if self._task is not None:
             self._task.cancel()
         self._answered.clear()
+        self._proven.clear()
         self.environments = tuple(env.value for env in envs)
         if self.state is not CredentialState.VERIFIED:
             # Proven credentials stay proven while they are checked again: only Apple's
@@ -169,7 +205,7 @@ class CredentialsCheck:
     async def _round(self, envs: tuple[Environment, ...], why: str) -> None:
         backoff = Backoff(self._retry[0], self._retry[1], self._rng.random)
         pending = list(envs)
-        while pending:
+        while pending := [env for env in pending if env not in self._proven]:
             verdicts = [(env, await self._probe(env)) for env in pending]
             self._answered.set()
             refused = [(env, v) for env, v in verdicts if v.state is CredentialState.REFUSED]
@@ -191,7 +227,9 @@ class CredentialsCheck:
                     self._set(CredentialState.UNPROVEN, f"{env.value}: {verdict.detail}")
                 log.info("APNs credentials not yet proven: %s; asking again", verdict.detail)
                 pending = [env for env, _ in waiting]
-                await asyncio.sleep(backoff.next())
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), backoff.next())
                 continue
             pending = []
         self.verified_at = self._clock()
