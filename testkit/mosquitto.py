@@ -20,6 +20,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+from testkit.gateway import die_with_parent
 from testkit.pki import CertFiles
 
 CLOUD_USER = "cloud"
@@ -85,7 +86,101 @@ def exit_output(proc: subprocess.Popen[bytes]) -> str:
         return proc.stderr.read().decode(errors="replace")
 
 
-class MosquittoBroker:
+def stop_process(proc: subprocess.Popen[bytes], timeout: float) -> None:
+    """SIGTERM, SIGKILL if it has not exited within ``timeout``; its stderr pipe closed."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout)
+    if proc.stderr is not None:
+        proc.stderr.close()
+
+
+class MosquittoProcess:
+    """``mosquitto -c <config_file>`` in its own directory: start, stop, restart, its log.
+
+    A subclass writes ``config_file`` and says which ports ``start()`` waits for.
+    """
+
+    # A killed benchmark or test run leaves no broker behind (PR_SET_PDEATHSIG).
+    die_with_parent = False
+
+    def __init__(self, dir: Path) -> None:
+        binary = mosquitto_binary()
+        if binary is None:
+            raise RuntimeError("mosquitto is not installed (apt-get install mosquitto)")
+        self.binary = binary
+        self.dir = Path(dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.host = "127.0.0.1"
+        self.config_file = self.dir / "mosquitto.conf"
+        self.log_file = self.dir / "mosquitto.log"
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def listening_ports(self) -> list[int]:
+        raise NotImplementedError
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def start(self) -> Self:
+        """Start the broker and return once it accepts connections on every listener."""
+        if self.running:
+            raise RuntimeError("the broker is already running")
+        self._proc = subprocess.Popen(
+            [self.binary, "-c", str(self.config_file)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            preexec_fn=die_with_parent if self.die_with_parent else None,
+        )
+        ports = self.listening_ports()
+        deadline = time.monotonic() + _START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                code, err = self._proc.returncode, exit_output(self._proc)
+                raise RuntimeError(f"mosquitto exited with {code}:\n{err}\n{self.log_text()}")
+            with contextlib.suppress(OSError):
+                for port in ports:
+                    socket.create_connection((self.host, port), 0.2).close()
+                return self
+            time.sleep(0.02)
+        self.stop()
+        listed = ", ".join(map(str, ports))
+        raise RuntimeError(f"mosquitto did not listen on {listed} in time:\n{self.log_text()}")
+
+    def stop(self) -> None:
+        """Stop the broker (SIGTERM: it saves its persistence file first); idempotent."""
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            stop_process(proc, _STOP_TIMEOUT)
+
+    def restart(self) -> Self:
+        self.stop()
+        return self.start()
+
+    def log_text(self) -> str:
+        try:
+            return self.log_file.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class MosquittoBroker(MosquittoProcess):
     """``mosquitto -c <its own config>`` on 127.0.0.1 and a free port; restartable on that port.
 
     With ``persistence`` (the default, as in production) retained messages and
@@ -104,19 +199,11 @@ class MosquittoBroker:
         port: int | None = None,
         more_cloud_users: Sequence[str] = (),
     ) -> None:
-        binary = mosquitto_binary()
-        if binary is None:
-            raise RuntimeError("mosquitto is not installed (apt-get install mosquitto)")
-        self.binary = binary
-        self.dir = Path(dir)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.host = "127.0.0.1"
+        super().__init__(dir)
         self.port = port or free_port(self.host)
         self.ca = ca
         self.prefix = prefix
-        self.config_file = self.dir / "mosquitto.conf"
         self.acl_file = self.dir / "acl"
-        self.log_file = self.dir / "mosquitto.log"
         self.acl_file.write_text(acl_text(prefix, more_cloud_users=more_cloud_users))
         self.config_file.write_text(
             "\n".join(
@@ -145,51 +232,13 @@ class MosquittoBroker:
                 ]
             )
         )
-        self._proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"mqtts://{self.host}:{self.port}"
 
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    def start(self) -> Self:
-        """Start the broker and return once it accepts connections."""
-        if self.running:
-            raise RuntimeError("the broker is already running")
-        self._proc = subprocess.Popen(
-            [self.binary, "-c", str(self.config_file)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        deadline = time.monotonic() + _START_TIMEOUT
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                code, err = self._proc.returncode, exit_output(self._proc)
-                raise RuntimeError(f"mosquitto exited with {code}:\n{err}\n{self.log_text()}")
-            with contextlib.suppress(OSError):
-                socket.create_connection((self.host, self.port), 0.2).close()
-                return self
-            time.sleep(0.02)
-        self.stop()
-        raise RuntimeError(f"mosquitto did not listen on {self.port} in time:\n{self.log_text()}")
-
-    def stop(self) -> None:
-        """Stop the broker (SIGTERM: it saves its persistence file first); idempotent."""
-        proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(_STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(_STOP_TIMEOUT)
-        if proc.stderr is not None:
-            proc.stderr.close()
+    def listening_ports(self) -> list[int]:
+        return [self.port]
 
     def restart(self, *, forget: bool = False) -> Self:
         """Stop and start on the same port; ``forget`` drops sessions and retained messages."""
@@ -197,20 +246,3 @@ class MosquittoBroker:
         if forget:
             (self.dir / "mosquitto.db").unlink(missing_ok=True)
         return self.start()
-
-    def log_text(self) -> str:
-        try:
-            return self.log_file.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

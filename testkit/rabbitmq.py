@@ -32,7 +32,7 @@ from types import TracebackType
 from typing import Any, Self
 
 from testkit.gateway import die_with_parent
-from testkit.mosquitto import CLOUD_USER, free_port
+from testkit.mosquitto import CLOUD_USER, free_port, stop_process
 from testkit.pki import CertFiles
 
 RABBITMQ_BIN = Path("/usr/lib/rabbitmq/bin")
@@ -282,12 +282,7 @@ class RabbitCluster:
             list(pool.map(lambda n: n.stop(), self.nodes))
         epmd, self._epmd = self._epmd, None
         if epmd is not None:
-            epmd.terminate()
-            try:
-                epmd.wait(_STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                epmd.kill()
-                epmd.wait(_STOP_TIMEOUT)
+            stop_process(epmd, _STOP_TIMEOUT)
 
     def __enter__(self) -> Self:
         return self.start()
