@@ -13,47 +13,33 @@ gateway's current list (``set_list``) on ``P/tokens`` when the gateway's
 from __future__ import annotations
 
 import json
-import socket
 import ssl
-import threading
-import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import jwt
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 
 from edgebell.cloud.messages import parse_hello
 from edgebell.cloud.topics import HELLO, Topics, fleet_jwt_topic, gateway_of
 from edgebell.errors import CloudError
+from testkit.mqtt_peer import TIMEOUT as _TIMEOUT
+from testkit.mqtt_peer import MqttPeer, Received
 from testkit.pki import CertFiles
 
-_TIMEOUT = 10.0
+__all__ = ["CloudPeer", "Received"]
 
 
-@dataclass(frozen=True, slots=True)
-class Received:
-    """One message the peer received; ``at_ns`` is ``time.monotonic_ns()`` on arrival."""
-
-    topic: str
-    payload: bytes
-    retain: bool
-    at_ns: int
-
-    def json(self) -> Any:
-        return json.loads(self.payload)
-
-
-class CloudPeer:
+class CloudPeer(MqttPeer):
     """``with CloudPeer(host, port, ca=..., identity=...) as cloud:`` connects and subscribes.
 
     ``subscribe`` topics (wildcards allowed) are subscribed again after every
     reconnect, which paho makes by itself after a broker restart.
     """
+
+    refused = "broker refused the cloud peer"
+    late = "the cloud peer did not connect and subscribe in time"
 
     def __init__(
         self,
@@ -73,53 +59,18 @@ class CloudPeer:
         self._fleet_jwt: str | None = None
         self._delegated: set[str] = set()
         self.hello_answers: list[tuple[str, str]] = []  # (gateway id, "tokens" | "apns-jwt")
-        self._host = host
-        self._port = port
-        self._topics = tuple(subscribe)
-        self._cond = threading.Condition()
-        self._messages: list[Received] = []
-        self._connected = False
-        self._subscribed = False
-        self.connects = 0
-        self._connect_error: str | None = None
-        self._pending_sub: int | None = None
-        self._client = mqtt.Client(
-            callback_api_version=CallbackAPIVersion.VERSION2,
+        super().__init__(
+            host,
+            port,
+            topics=subscribe,
             client_id=client_id or identity.common_name,
             clean_session=clean_session,
-            protocol=mqtt.MQTTv311,
         )
         context = ssl.create_default_context(cafile=str(ca))
         context.load_cert_chain(identity.cert, identity.key)
         self._client.tls_set_context(context)
-        self._client.reconnect_delay_set(1, 2)
-        self._client.on_connect = self._on_connect
-        self._client.on_disconnect = self._on_disconnect
-        self._client.on_subscribe = self._on_subscribe
-        self._client.on_message = self._on_message
 
     # -- lifecycle ---------------------------------------------------------------------
-
-    def connect(self, timeout: float = _TIMEOUT) -> Self:
-        """Connect and return once the subscriptions are acknowledged."""
-        self._client.connect(self._host, self._port, keepalive=30)
-        self._client.loop_start()
-        try:
-            self.wait_subscribed(timeout)
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def wait_subscribed(self, timeout: float = _TIMEOUT) -> None:
-        with self._cond:
-            ok = self._cond.wait_for(
-                lambda: self._subscribed or self._connect_error is not None, timeout
-            )
-            if self._connect_error is not None:
-                raise ConnectionError(f"broker refused the cloud peer: {self._connect_error}")
-            if not ok:
-                raise TimeoutError("the cloud peer did not connect and subscribe in time")
 
     def wait_reconnected(self, connects: int, timeout: float = _TIMEOUT) -> None:
         """Block until the peer has connected ``connects`` times and is subscribed again."""
@@ -128,21 +79,6 @@ class CloudPeer:
                 lambda: self.connects >= connects and self._subscribed, timeout
             ):
                 raise TimeoutError(f"the cloud peer did not reconnect ({self.connects} connects)")
-
-    def close(self) -> None:
-        self._client.disconnect()
-        self._client.loop_stop()
-
-    def __enter__(self) -> Self:
-        return self.connect()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # -- publishing --------------------------------------------------------------------
 
@@ -212,15 +148,6 @@ class CloudPeer:
 
     # -- what arrived -------------------------------------------------------------------
 
-    def messages(self, topic: str | None = None) -> list[Received]:
-        """A copy of what arrived so far (on ``topic`` only, when given)."""
-        with self._cond:
-            return [m for m in self._messages if topic is None or m.topic == topic]
-
-    def clear(self) -> None:
-        with self._cond:
-            self._messages.clear()
-
     def wait_for(
         self, predicate: Callable[[list[Received]], bool], timeout: float = _TIMEOUT
     ) -> list[Received]:
@@ -250,64 +177,10 @@ class CloudPeer:
         self.wait_for(match, timeout)
         return found[0]
 
-    @property
-    def connected(self) -> bool:
-        with self._cond:
-            return self._connected
-
-    # -- paho callbacks (its network thread) ----------------------------------------------
-
-    def _on_connect(
-        self,
-        client: mqtt.Client,
-        userdata: Any,
-        flags: mqtt.ConnectFlags,
-        reason_code: Any,
-        properties: Any = None,
-    ) -> None:
-        with self._cond:
-            if reason_code.is_failure:
-                self._connect_error = str(reason_code)
-                self._cond.notify_all()
-                return
-            self._connected = True
-            self._subscribed = False
-            self.connects += 1
-            sock = client.socket()
-            if isinstance(sock, socket.socket):  # as the gateway does: no Nagle delay
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            _, mid = client.subscribe([(topic, 1) for topic in self._topics])
-            self._pending_sub = mid
-            self._cond.notify_all()
-
-    def _on_disconnect(
-        self,
-        client: mqtt.Client,
-        userdata: Any,
-        flags: mqtt.DisconnectFlags,
-        reason_code: Any,
-        properties: Any = None,
-    ) -> None:
-        with self._cond:
-            self._connected = False
-            self._subscribed = False
-            self._cond.notify_all()
-
-    def _on_subscribe(
-        self, client: mqtt.Client, userdata: Any, mid: int, reason_codes: Any, properties: Any
-    ) -> None:
-        with self._cond:
-            if mid == self._pending_sub:
-                self._subscribed = True
-                self._cond.notify_all()
+    # -- paho callback (its network thread) ------------------------------------------------
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
-        received = Received(
-            message.topic, bytes(message.payload), bool(message.retain), time.monotonic_ns()
-        )
-        with self._cond:
-            self._messages.append(received)
-            self._cond.notify_all()
+        received = self._record(message)
         gateway_id = gateway_of(message.topic, self.prefix, HELLO)
         if gateway_id is not None:
             self._answer_hello(client, gateway_id, received.payload)
