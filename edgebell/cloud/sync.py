@@ -16,9 +16,7 @@ import asyncio
 import contextlib
 import json
 import logging
-import math
 import random
-import socket
 import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -31,6 +29,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from edgebell import mqttlink
 from edgebell.apns.model import MAX_JWT_AGE
 from edgebell.backoff import Backoff
 from edgebell.cloud import commands, topics
@@ -142,12 +141,12 @@ def aiomqtt_connector(config: CloudConfig, client_id: str, status_topic: str) ->
             hostname=config.host,
             port=config.port,
             identifier=client_id,
-            keepalive=max(1, math.ceil(config.keepalive)),
+            keepalive=mqttlink.keepalive_seconds(config.keepalive),
             timeout=config.connect_timeout,
             tls_context=context,
             will=will,
             # A ring event is one small packet: send it now, not after the last one's ACK.
-            socket_options=((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),),
+            socket_options=mqttlink.NO_DELAY,
         )
 
     return connect
@@ -261,14 +260,7 @@ class CloudSync:
         self._wake.set()
         for command in self._commands:
             command.cancel()
-        task = self._task
-        if task is None:
-            return
-        try:
-            await asyncio.wait_for(asyncio.shield(task), timeout)
-        except TimeoutError:
-            task.cancel()
-        await asyncio.gather(task, *self._commands, return_exceptions=True)
+        await mqttlink.stop_task(self._task, timeout, self._commands)
 
     # -- events from the daemon -----------------------------------------------------------
 
@@ -397,7 +389,7 @@ class CloudSync:
     def _lost(self, error: BaseException | None, *, was_connected: bool, first: bool) -> None:
         self.connected_since = None
         self._client = None
-        self.last_error = _describe(error)
+        self.last_error = mqttlink.describe(error)
         where = f"{self._config.host}:{self._config.port}"
         if was_connected or first:
             log.warning(
@@ -668,14 +660,6 @@ def _login_refusal(error: BaseException | None, will_topic: str) -> str | None:
         f"the broker refused this gateway's login ({error}): check that its ACL has a user"
         f" named after the certificate's CN, allowed to publish the last will on {will_topic}"
     )
-
-
-def _describe(error: BaseException | None) -> str:
-    if error is None:
-        return "disconnected"
-    # aiomqtt's "Disconnected during message iteration" has the reason as its cause.
-    cause = error.__cause__
-    return f"{error}: {cause}" if cause is not None and str(cause) else str(error) or repr(error)
 
 
 def _codes(granted: Any) -> list[int]:

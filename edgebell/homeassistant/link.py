@@ -15,10 +15,8 @@ import asyncio
 import contextlib
 import json
 import logging
-import math
 import os
 import random
-import socket
 import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -28,6 +26,7 @@ from typing import Any, Protocol
 
 import aiomqtt
 
+from edgebell import mqttlink
 from edgebell.backoff import Backoff
 from edgebell.config.model import HomeAssistantConfig
 from edgebell.errors import ConfigError, HomeAssistantError
@@ -108,13 +107,13 @@ def aiomqtt_connector(config: HomeAssistantConfig, layout: Layout) -> Connector:
             username=config.username,
             password=password,
             clean_session=True,  # nothing to keep: every connection announces afresh
-            keepalive=max(1, math.ceil(config.keepalive)),
+            keepalive=mqttlink.keepalive_seconds(config.keepalive),
             timeout=config.connect_timeout,
             tls_context=context,
             will=will,
             protocol=aiomqtt.ProtocolVersion.V311,
             # A ring is one small packet: out now, not after the previous one's ACK.
-            socket_options=((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),),
+            socket_options=mqttlink.NO_DELAY,
         )
 
     return connect
@@ -193,14 +192,7 @@ class HomeAssistantLink:
         """Send the rings that wait (briefly), publish the retained ``offline``, disconnect."""
         self._stopping.set()
         self._wake.set()
-        task = self._task
-        if task is None:
-            return
-        try:
-            await asyncio.wait_for(asyncio.shield(task), timeout)
-        except TimeoutError:
-            task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        await mqttlink.stop_task(self._task, timeout)
 
     # -- from the daemon ------------------------------------------------------------------
 
@@ -286,7 +278,7 @@ class HomeAssistantLink:
 
     def _lost(self, error: BaseException | None, *, was_connected: bool, first: bool) -> None:
         self.connected_since = None
-        self.last_error = _describe(error)
+        self.last_error = mqttlink.describe(error)
         if was_connected or first:
             log.warning(
                 "Home Assistant broker %s %s (%s): retrying with backoff",
@@ -417,13 +409,6 @@ def _connection(config: HomeAssistantConfig) -> tuple[object, ...]:
         config.reconnect_min,
         config.reconnect_max,
     )
-
-
-def _describe(error: BaseException | None) -> str:
-    if error is None:
-        return "disconnected"
-    cause = error.__cause__
-    return f"{error}: {cause}" if cause is not None and str(cause) else str(error) or repr(error)
 
 
 def _text(payload: Any) -> str:

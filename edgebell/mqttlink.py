@@ -1,0 +1,49 @@
+"""What the two MQTT links (the cloud's and the home broker's) do alike.
+
+Each keeps its own reconnect loop and session; these are the pieces that are the
+same to the letter: the socket and keepalive options of a connection, how the
+link's task is stopped, and how a lost connection is told in status and logs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import socket
+from collections.abc import Iterable
+from typing import Any
+
+# A ring is one small packet: send it now, not after the previous one's ACK (Nagle).
+NO_DELAY = ((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),)
+
+
+def keepalive_seconds(keepalive: float) -> int:
+    """MQTT's keepalive is whole seconds, and 0 would turn it off."""
+    return max(1, math.ceil(keepalive))
+
+
+async def stop_task(
+    task: asyncio.Task[None] | None,
+    timeout: float,  # noqa: ASYNC109 - a grace period
+    others: Iterable[asyncio.Future[Any]] = (),
+) -> None:
+    """Give the link's task ``timeout`` to end by itself (its goodbye), then cancel it.
+
+    ``others`` (tasks the link started) are awaited with it, as they are by then.
+    """
+    if task is None:
+        return
+    try:
+        await asyncio.wait_for(asyncio.shield(task), timeout)
+    except TimeoutError:
+        task.cancel()
+    await asyncio.gather(task, *others, return_exceptions=True)
+
+
+def describe(error: BaseException | None) -> str:
+    """The text of a lost connection for ``last_error`` and the log line."""
+    if error is None:
+        return "disconnected"
+    # aiomqtt's "Disconnected during message iteration" has the reason as its cause.
+    cause = error.__cause__
+    return f"{error}: {cause}" if cause is not None and str(cause) else str(error) or repr(error)
