@@ -14,7 +14,6 @@ from typing import Protocol
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.serialization import pkcs12
 
 from edgebell.apns.es256 import sign_es256
 from edgebell.apns.model import JWT_REFRESH_RANGE, MAX_JWT_AGE, Outcome, PushResult
@@ -206,6 +205,10 @@ def _why(exc: BaseException) -> str:
 
 def _pkcs12_as_pem(data: bytes, passphrase: bytes | None, path: Path) -> tuple[bytes, bytes]:
     """The certificate, its chain and its key (encrypted with a new random password) as PEM."""
+    # Imported here: PKCS#12 brings cryptography's X.509 layer, 2.2 MB of RSS that every
+    # gateway on a .p8 key or a PEM certificate would carry for nothing.
+    from cryptography.hazmat.primitives.serialization import pkcs12
+
     try:
         key, cert, chain = pkcs12.load_key_and_certificates(data, passphrase)
     except (ValueError, TypeError, UnsupportedAlgorithm) as exc:

@@ -6,18 +6,21 @@ import datetime
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
-from cryptography.hazmat.primitives.serialization import pkcs12
 
 from edgebell.config.model import CertificateAuthConfig, Config, TokenAuthConfig
 from edgebell.errors import ConfigError, config_errors
 from edgebell.secrets import read_file, read_passphrase, read_secret
+
+if TYPE_CHECKING:
+    # cryptography's X.509 layer costs the daemon 2 MB of RSS: it is imported only where
+    # a certificate is read (the daemon runs check_config on a reload, rarely with one).
+    from cryptography import x509
 
 # A certificate this close to its end is worth a warning: APNs certificates last a year.
 EXPIRY_WARNING = datetime.timedelta(days=30)
@@ -191,6 +194,8 @@ class _Checker:
     def p12_identity(
         self, key_name: str, path: Path, data: bytes, passphrase: bytes | None
     ) -> tuple[x509.Certificate, PrivateKeyTypes]:
+        from cryptography.hazmat.primitives.serialization import pkcs12
+
         try:
             key, certificate, _ = pkcs12.load_key_and_certificates(data, passphrase)
         except ValueError:
@@ -247,6 +252,8 @@ class _Checker:
     def pem_certificates(
         self, key_name: str, path: Path, data: bytes
     ) -> Sequence[x509.Certificate]:
+        from cryptography import x509
+
         try:
             return x509.load_pem_x509_certificates(data)
         except ValueError:
