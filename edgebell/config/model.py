@@ -121,21 +121,15 @@ class ApnsConfig:
     verify_credentials: bool = field(default=True, kw_only=True)
 
 
-@dataclass(frozen=True, slots=True)
-class CloudConfig:
-    """The MQTT broker the cloud syncs through, and the key that signs token lists."""
+class BrokerUrl:
+    """``host``, ``port`` and ``tls`` of a broker's ``url`` (``mqtt[s]://host[:port]``).
 
+    Shared by every config section that names an MQTT broker; no slots of its own,
+    so the frozen slotted dataclasses that inherit it stay slotted.
+    """
+
+    __slots__ = ()
     url: str
-    ca_file: Path
-    cert_file: Path
-    key_file: Path
-    topic_prefix: str = "edgebell"
-    token_list_key: Path = field(kw_only=True)
-    # Extensions: reconnect backoff (with jitter), MQTT keepalive, connect/ack timeout.
-    reconnect_min: float = field(default=1.0, kw_only=True)
-    reconnect_max: float = field(default=60.0, kw_only=True)
-    keepalive: float = field(default=60.0, kw_only=True)
-    connect_timeout: float = field(default=10.0, kw_only=True)
 
     @property
     def host(self) -> str:
@@ -154,7 +148,24 @@ class CloudConfig:
 
 
 @dataclass(frozen=True, slots=True)
-class HomeAssistantConfig:
+class CloudConfig(BrokerUrl):
+    """The MQTT broker the cloud syncs through, and the key that signs token lists."""
+
+    url: str
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+    topic_prefix: str = "edgebell"
+    token_list_key: Path = field(kw_only=True)
+    # Extensions: reconnect backoff (with jitter), MQTT keepalive, connect/ack timeout.
+    reconnect_min: float = field(default=1.0, kw_only=True)
+    reconnect_max: float = field(default=60.0, kw_only=True)
+    keepalive: float = field(default=60.0, kw_only=True)
+    connect_timeout: float = field(default=10.0, kw_only=True)
+
+
+@dataclass(frozen=True, slots=True)
+class HomeAssistantConfig(BrokerUrl):
     """The home's own MQTT broker, where Home Assistant discovers the doorbell and hears rings.
 
     ``node_id`` and ``base_topic`` are filled in from the gateway id by the loader.
@@ -175,21 +186,6 @@ class HomeAssistantConfig:
     reconnect_max: float = 60.0
     keepalive: float = 60.0
     connect_timeout: float = 10.0
-
-    @property
-    def host(self) -> str:
-        """Broker host name or address (IPv6 without brackets)."""
-        return split_url(self.url, MQTT_PORTS)[1]
-
-    @property
-    def port(self) -> int:
-        """Broker port: as given, else 8883 for ``mqtts://`` and 1883 for ``mqtt://``."""
-        return split_url(self.url, MQTT_PORTS)[2]
-
-    @property
-    def tls(self) -> bool:
-        """Whether the connection is TLS (``mqtts://``)."""
-        return split_url(self.url, MQTT_PORTS)[0] == "mqtts"
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,7 @@ from typing import cast
 import platformdirs
 import yaml
 
-from edgebell.config.model import MQTT_PORTS, split_url
+from edgebell.config.model import MQTT_PORTS, BrokerUrl, split_url
 from edgebell.config.yamltree import Document, Fields, compose
 from edgebell.errors import ConfigError
 from edgebell.registry.operations import Retention
@@ -49,7 +49,7 @@ DEFAULT_GROUP = "edgebell-registry"
 
 
 @dataclass(frozen=True, slots=True)
-class MqttConfig:
+class MqttConfig(BrokerUrl):
     """The broker, as a gateway's ``cloud:`` section names it, with the cloud's own identity."""
 
     url: str
@@ -64,18 +64,6 @@ class MqttConfig:
     reconnect_max: float = 60.0
     keepalive: float = 60.0
     connect_timeout: float = 10.0
-
-    @property
-    def host(self) -> str:
-        return split_url(self.url, MQTT_PORTS)[1]
-
-    @property
-    def port(self) -> int:
-        return split_url(self.url, MQTT_PORTS)[2]
-
-    @property
-    def tls(self) -> bool:
-        return split_url(self.url, MQTT_PORTS)[0] == "mqtts"
 
 
 @dataclass(frozen=True, slots=True)
