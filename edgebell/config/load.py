@@ -40,7 +40,6 @@ from edgebell.config.model import (
     TokenAuthConfig,
     default_of,
     section_keys,
-    split_url,
 )
 from edgebell.config.yamltree import Document, Fields, compose
 from edgebell.durations import format_duration
@@ -355,13 +354,7 @@ class _Loader:
         host_node = fields.get("host")
         host = None
         if host_node is not None:
-            host = self.doc.text(host_node, "apns.host")
-            try:
-                split_url(host, {"https": 443})
-            except ValueError as exc:
-                raise self.doc.error(
-                    host_node, "apns.host", f"{exc} (expected https://host:port)"
-                ) from None
+            host = self.doc.url(host_node, "apns.host", {"https": 443}, "https://host:port")
         ca_node = fields.get("ca_file")
         retry_min, retry_max = self.backoff(fields, "retry", ApnsConfig)
         notification_node = fields.get("notification")
@@ -521,14 +514,7 @@ class _Loader:
 
     def cloud(self, node: yaml.Node) -> CloudConfig:
         fields = self.doc.mapping(node, "cloud", CLOUD_KEYS)
-        url_node = fields.require("url")
-        url = self.doc.text(url_node, "cloud.url")
-        try:
-            split_url(url, MQTT_PORTS)
-        except ValueError as exc:
-            raise self.doc.error(
-                url_node, "cloud.url", f"{exc} (expected mqtts://host:port)"
-            ) from None
+        url = self.doc.url(fields.require("url"), "cloud.url", MQTT_PORTS, "mqtts://host:port")
         prefix_node = fields.get("topic_prefix")
         prefix: str = default_of(CloudConfig, "topic_prefix")
         if prefix_node is not None:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Mapping
 
 import yaml
 from yaml.constructor import SafeConstructor
 
+from edgebell.config.model import split_url
 from edgebell.durations import parse_duration
 from edgebell.errors import ConfigError
 
@@ -96,6 +97,15 @@ class Document:
         value: str = node.value
         if not value.strip():
             raise self.error(node, key, "must not be empty")
+        return value
+
+    def url(self, node: yaml.Node, key: str, ports: Mapping[str, int], expected: str) -> str:
+        """A checked ``scheme://host[:port]`` (``ports``: scheme -> default port), as written."""
+        value = self.text(node, key)
+        try:
+            split_url(value, ports)
+        except ValueError as exc:
+            raise self.error(node, key, f"{exc} (expected {expected})") from None
         return value
 
     def integer(self, node: yaml.Node, key: str) -> int:

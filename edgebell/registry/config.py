@@ -11,7 +11,7 @@ from typing import cast
 import platformdirs
 import yaml
 
-from edgebell.config.model import MQTT_PORTS, BrokerUrl, split_url
+from edgebell.config.model import MQTT_PORTS, BrokerUrl
 from edgebell.config.yamltree import Document, Fields, compose
 from edgebell.errors import ConfigError
 from edgebell.registry.operations import Retention
@@ -166,14 +166,7 @@ class _Loader:
 
     def mqtt(self, node: yaml.Node) -> MqttConfig:
         fields = self.doc.mapping(node, "mqtt", MQTT_KEYS)
-        url_node = fields.require("url")
-        url = self.doc.text(url_node, "mqtt.url")
-        try:
-            split_url(url, MQTT_PORTS)
-        except ValueError as exc:
-            raise self.doc.error(
-                url_node, "mqtt.url", f"{exc} (expected mqtts://host:port)"
-            ) from None
+        url = self.doc.url(fields.require("url"), "mqtt.url", MQTT_PORTS, "mqtts://host:port")
         client_node = fields.get("client_id")
         group_node = fields.get("shared_group")
         group = (
