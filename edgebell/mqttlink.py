@@ -10,11 +10,37 @@ from __future__ import annotations
 import asyncio
 import math
 import socket
+import ssl
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
+
+from edgebell.errors import EdgebellError
 
 # A ring is one small packet: send it now, not after the previous one's ACK (Nagle).
 NO_DELAY = ((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),)
+
+
+def tls_context(
+    ca_file: Path | None,
+    cert_file: Path | None,
+    key_file: Path | None,
+    *,
+    section: str,
+    error: type[EdgebellError],
+) -> ssl.SSLContext:
+    """Verified TLS to a broker: its CA (else the system's), host name checked, our cert if set.
+
+    A file that cannot be loaded is ``error``, naming ``section`` and every file given.
+    """
+    try:
+        context = ssl.create_default_context(cafile=None if ca_file is None else str(ca_file))
+        if cert_file is not None and key_file is not None:
+            context.load_cert_chain(cert_file, key_file)
+    except (OSError, ssl.SSLError) as exc:
+        files = ", ".join(str(f) for f in (ca_file, cert_file, key_file) if f is not None)
+        raise error(f"cannot load the {section} TLS files ({files}): {exc}") from exc
+    return context
 
 
 def keepalive_seconds(keepalive: float) -> int:

@@ -17,7 +17,6 @@ import contextlib
 import json
 import logging
 import random
-import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
@@ -114,22 +113,13 @@ class _Stop(Exception):
     """Ends the session after a clean goodbye."""
 
 
-def tls_context(config: CloudConfig) -> ssl.SSLContext:
-    """Verified TLS to the broker (its CA only, host name checked) with our client certificate."""
-    try:
-        context = ssl.create_default_context(cafile=str(config.ca_file))
-        context.load_cert_chain(config.cert_file, config.key_file)
-    except (OSError, ssl.SSLError) as exc:
-        raise CloudError(
-            f"cannot load the cloud TLS files ({config.ca_file}, {config.cert_file}, "
-            f"{config.key_file}): {exc}"
-        ) from exc
-    return context
-
-
 def aiomqtt_connector(config: CloudConfig, client_id: str, status_topic: str) -> Connector:
     """A new aiomqtt client per connection attempt, with the retained offline last will."""
-    context = tls_context(config) if config.tls else None
+    context = None
+    if config.tls:
+        context = mqttlink.tls_context(
+            config.ca_file, config.cert_file, config.key_file, section="cloud", error=CloudError
+        )
     will = aiomqtt.Will(status_topic, OFFLINE, qos=1, retain=True)
 
     choice = ProtocolChoice()  # MQTT 5 (packets over 128 KB refused unread) where it can

@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import random
-import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -75,22 +74,17 @@ class _Stop(Exception):
     """Ends the session after the clean goodbye."""
 
 
-def tls_context(config: HomeAssistantConfig) -> ssl.SSLContext:
-    """Verified TLS: the given CA (else the system's), host name checked; a client cert if set."""
-    try:
-        context = ssl.create_default_context(
-            cafile=None if config.ca_file is None else str(config.ca_file)
-        )
-        if config.cert_file is not None and config.key_file is not None:
-            context.load_cert_chain(config.cert_file, config.key_file)
-    except (OSError, ssl.SSLError) as exc:
-        raise HomeAssistantError(f"cannot load the home_assistant TLS files: {exc}") from exc
-    return context
-
-
 def aiomqtt_connector(config: HomeAssistantConfig, layout: Layout) -> Connector:
     """A new aiomqtt client per attempt: clean session, ``offline`` as the retained last will."""
-    context = tls_context(config) if config.tls else None
+    context = None
+    if config.tls:
+        context = mqttlink.tls_context(
+            config.ca_file,
+            config.cert_file,
+            config.key_file,
+            section="home_assistant",
+            error=HomeAssistantError,
+        )
     password = None
     if config.password_file is not None:
         try:

@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import random
-import socket
-import ssl
 
 import aiomqtt
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
+from edgebell import mqttlink
 from edgebell.backoff import Backoff
 from edgebell.cloud import topics
 from edgebell.errors import CloudError
@@ -79,19 +77,15 @@ class RegistryLink:
         self._config = config
         self._service = service
         self._client_id = config.client_id or certificate_cn(str(config.cert_file))
-        self._context = self._tls() if config.tls else None
+        self._context = None
+        if config.tls:
+            self._context = mqttlink.tls_context(
+                config.ca_file, config.cert_file, config.key_file, section="MQTT", error=CloudError
+            )
         self._backoff = Backoff(
             config.reconnect_min, config.reconnect_max, (rng or random.Random()).random
         )
         self.connected = asyncio.Event()
-
-    def _tls(self) -> ssl.SSLContext:
-        try:
-            context = ssl.create_default_context(cafile=str(self._config.ca_file))
-            context.load_cert_chain(self._config.cert_file, self._config.key_file)
-        except (OSError, ssl.SSLError) as exc:
-            raise CloudError(f"cannot load the MQTT TLS files: {exc}") from exc
-        return context
 
     async def run(self) -> None:
         """Forever: connect, subscribe, publish what waited, handle messages; back off."""
@@ -103,13 +97,13 @@ class RegistryLink:
                     self._config.port,
                     identifier=self._client_id,
                     clean_session=False,
-                    keepalive=max(1, math.ceil(self._config.keepalive)),
+                    keepalive=mqttlink.keepalive_seconds(self._config.keepalive),
                     timeout=self._config.connect_timeout,
                     tls_context=self._context,
                     protocol=aiomqtt.ProtocolVersion.V311,
                     # A list is one small packet right after the PUBACK of what caused it:
                     # Nagle would hold it for the broker's delayed ACK (40 ms).
-                    socket_options=((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),),
+                    socket_options=mqttlink.NO_DELAY,
                 ) as client:
                     await client.subscribe(subscriptions(prefix, self._config.shared_group))
                     log.info("connected to %s as %s", self._config.url, self._client_id)
