@@ -1,4 +1,4 @@
-"""What the two MQTT links (the cloud's and the home broker's) do alike.
+"""What the MQTT links (the gateway's to the cloud and to the home broker, the registry's) share.
 
 Each keeps its own reconnect loop and session; these are the pieces that are the
 same to the letter: the socket and keepalive options of a connection, how the
