@@ -8,7 +8,6 @@ their own.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 import pytest
 from fixtures_mqtt import cloud_section
 
+from testkit import waiting
 from testkit.cloud_peer import CloudPeer
 from testkit.fake_receiver import FakeReceiver
 from testkit.gateway import GATEWAY_ID, DaemonProcess, GatewayFiles, token_auth, write_config
@@ -118,11 +118,4 @@ def ok(answer: Any) -> dict[str, Any]:
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or predicate}")
-        time.sleep(0.05)
+    return waiting.wait_until(predicate, timeout, what or repr(predicate), interval=0.05)

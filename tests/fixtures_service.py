@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from testkit.gateway import DaemonProcess, GatewayFiles
+from testkit.waiting import wait_until
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,11 +124,7 @@ def reload(daemon: DaemonProcess, timeout: float = 10.0) -> dict[str, Any]:
 
     before = outcomes()
     daemon.proc.send_signal(signal.SIGHUP)
-    deadline = time.monotonic() + timeout
-    while outcomes() == before:
-        if time.monotonic() > deadline:
-            pytest.fail(f"no reload within {timeout} s:\n{daemon.log_text()}")
-        time.sleep(0.02)
+    wait_until(lambda: outcomes() != before, timeout, lambda: f"a reload\n{daemon.log_text()}")
     return daemon.status()
 
 

@@ -43,6 +43,7 @@ from h2.errors import ErrorCodes
 
 from testkit.apns_server import ApnsStandIn, StandInThread
 from testkit.pki import TestPki, make_client_cert, make_p12
+from testkit.waiting import wait_until
 
 TOKEN = "8b3c" + "0f" * 30  # 32 bytes, as iOS hands them out today
 OTHER = "a1b2c3d4" * 10  # tokens are variable length: 40 bytes
@@ -879,11 +880,12 @@ def test_cli_serves_and_prints_json_lines(tmp_path: Path, pki: TestPki) -> None:
         reader = threading.Thread(target=read_lines)
         reader.start()
         try:
-            deadline = time.monotonic() + 20
-            while not port_file.exists():
+
+            def listening() -> bool:
                 assert process.poll() is None, "the stand-in exited before listening"
-                assert time.monotonic() < deadline, "the stand-in never wrote its port file"
-                time.sleep(0.02)
+                return port_file.exists()
+
+            wait_until(listening, 20, "the stand-in's port file")
             port = int(port_file.read_text())
 
             async def push() -> Response:

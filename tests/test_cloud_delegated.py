@@ -22,6 +22,7 @@ from testkit.gateway import (
 from testkit.mosquitto import MosquittoBroker
 from testkit.pki import TestPki
 from testkit.standin_thread import StandInThread
+from testkit.waiting import wait_until
 
 
 @pytest.fixture
@@ -50,10 +51,7 @@ def publish_jwt(cloud: CloudPeer, pki: TestPki, iat: int) -> str:
 
 
 def wait_log(daemon: DaemonProcess, text: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while text not in daemon.log_text():
-        assert time.monotonic() < deadline, f"{text!r} never logged"
-        time.sleep(0.02)
+    wait_until(lambda: text in daemon.log_text(), timeout, f"{text!r} logged")
 
 
 def authorizations(apns: StandInThread, ring_id: str) -> set[str]:

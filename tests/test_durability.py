@@ -39,6 +39,7 @@ from testkit.gateway import (
 from testkit.pki import TestPki
 from testkit.standin_thread import StandInThread
 from testkit.tally import Tally, record, tally
+from testkit.waiting import wait_until
 
 SETTLE_S = 30.0
 KILLS = 20
@@ -265,10 +266,7 @@ def test_a_database_deleted_while_idle_is_recreated_before_the_next_ring(
     for suffix in ("", "-wal", "-shm"):
         Path(f"{db}{suffix}").unlink(missing_ok=True)
     # Noticed without a ring: the writer re-creates it from memory within a second or so.
-    deadline = time.monotonic() + 10
-    while not db.exists():
-        assert time.monotonic() < deadline, "the deleted database was never re-created"
-        time.sleep(0.05)
+    wait_until(db.exists, 10, "the deleted database re-created")
     daemon.wait_status(lambda s: s["outbox"]["store_ok"] and not store_problems(s))
     kill_9(daemon)
     state(rig.deliver_all(1, "outbox database deleted while idle, kill -9"))

@@ -36,6 +36,7 @@ from testkit.gateway import (
 from testkit.pki import TestPki
 from testkit.standin_thread import StandInThread
 from testkit.tally import Tally, record, rss_kib, tally
+from testkit.waiting import wait_until
 
 REALTIME = os.environ.get("EDGEBELL_FAULTS_REALTIME") == "1"
 OUTAGE_S = 20.0 if REALTIME else 3.0
@@ -152,11 +153,7 @@ def outbox_rows(files: GatewayFiles) -> int:
 
 
 def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
+    wait_until(predicate, timeout, what)
 
 
 def test_apns_unreachable_at_ring_time_then_back(make_rig: Callable[..., Rig]) -> None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +39,7 @@ from testkit.nspawn import (
 )
 from testkit.pki import TestPki
 from testkit.standin_thread import StandInThread
+from testkit.waiting import wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 UNIT = "edgebell.service"
@@ -89,15 +89,15 @@ class System:
         return self.sh("journalctl", "--unit", UNIT, "--no-pager", "--output=cat").stdout
 
     def wait(self, check: Callable[[], object], what: str, timeout: float = DEADLINE) -> Any:
-        deadline = time.monotonic() + timeout
-        while not (result := check()):
-            if time.monotonic() > deadline:
-                pytest.fail(
-                    f"{what}: not within {timeout:g} s\n{self.systemctl('status', UNIT).stdout}"
-                    f"\n--- journal ---\n{self.journal()[-3000:]}"
-                )
-            time.sleep(0.1)
-        return result
+        return wait_until(
+            check,
+            timeout,
+            lambda: (
+                f"{what}\n{self.systemctl('status', UNIT).stdout}"
+                f"\n--- journal ---\n{self.journal()[-3000:]}"
+            ),
+            interval=0.1,
+        )
 
     def wait_healthy(self) -> dict[str, Any]:
         def healthy() -> dict[str, Any] | None:
