@@ -72,8 +72,11 @@ async def edgebell_sender(s: Settings) -> tuple[Sender, Callable[[], Awaitable[N
     from edgebell.apns.auth import TokenAuth
     from edgebell.apns.client import ApnsClient
     from edgebell.apns.model import Environment, Outcome, PushRequest
+    from edgebell.apns.signer import Signer
 
-    auth = TokenAuth(s.key.read_bytes(), s.key_id, s.team_id)
+    # As the daemon does it: the JWT is signed by the signer's child, once, before the run.
+    signer = Signer(s.key.read_bytes(), s.key_id, s.team_id)
+    auth = TokenAuth(s.key_id, s.team_id, mint=signer.mint)
     client = ApnsClient(
         auth=auth, host_override=s.url, ca_file=s.ca, request_timeout=120.0, ping_interval=0
     )

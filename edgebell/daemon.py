@@ -16,6 +16,7 @@ from edgebell import __version__
 from edgebell.apns.auth import ApnsAuth, CertificateAuth, DelegatedAuth, TokenAuth
 from edgebell.apns.client import ApnsClient
 from edgebell.apns.credentials import CredentialsCheck, Witnessed
+from edgebell.apns.signer import Signer
 from edgebell.commands import ControlCommands
 from edgebell.config import (
     CertificateAuthConfig,
@@ -63,7 +64,16 @@ def make_auth(config: Config) -> ApnsAuth:
     auth = config.apns.auth
     if isinstance(auth, TokenAuthConfig):
         key = read_secret(auth.key_file, what="APNs auth key")
-        return TokenAuth(key, auth.key_id, auth.team_id, refresh_after=config.apns.jwt_refresh)
+        # The key's bytes stay here; each JWT is signed by a child process (see signer.py).
+        signer = Signer(key, auth.key_id, auth.team_id, name=str(auth.key_file))
+        return TokenAuth(
+            auth.key_id,
+            auth.team_id,
+            mint=signer.mint,
+            refresh_after=config.apns.jwt_refresh,
+            # A signer that failed is tried again at the pace of the longest push backoff.
+            retry_after=config.apns.retry_max,
+        )
     if isinstance(auth, CertificateAuthConfig):
         passphrase = None
         if auth.passphrase_file is not None:
@@ -326,7 +336,9 @@ class Daemon:
         source = self.config.source
         try:
             new = load_config(source, environ=self._environ)
-            warnings = check_config(new)
+            # A changed APNs key is signed with once, in a child (60 ms the loop waits, on a
+            # reload that names a new key); the key in use already signs every JWT.
+            warnings = check_config(new, sign=new.apns.auth != self.config.apns.auth)
         except ConfigError as exc:
             self.config_state = dataclasses.replace(self.config_state, reload_error=str(exc))
             log.error("reload refused, still running the previous configuration: %s", exc)

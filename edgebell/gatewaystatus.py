@@ -63,7 +63,8 @@ class GatewayStatus:
             tokens=self._tokens,
             apns=credentials.discount(self._client.status()),
             credentials=credentials.status(),
-            credentials_problem=credentials.problem(),
+            # A JWT the signer cannot make outranks what the last probe proved.
+            credentials_problem=self._client.auth_problem or credentials.problem(),
             outbox=self._dispatcher.status(),
             store=self._store.health(),
             cloud=None if self._cloud is None else self._cloud.status(),

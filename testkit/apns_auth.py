@@ -53,8 +53,11 @@ class ProviderTokenVerifier:
         self._keys = dict(keys)
         self._cache.clear()
 
-    def check(self, token: str, now: float) -> Reason | None:
-        """``None`` when ``token`` is good at time ``now`` (epoch seconds), else Apple's reason."""
+    def check(self, token: str, now: float, max_age: float = MAX_TOKEN_AGE) -> Reason | None:
+        """``None`` when ``token`` is good at time ``now`` (epoch seconds), else Apple's reason.
+
+        ``max_age``: Apple's hour, shortened by a test that needs a JWT to expire now.
+        """
         iat = self._cache.get(token)
         if iat is None:
             verified = self._verify(token, now)
@@ -64,7 +67,7 @@ class ProviderTokenVerifier:
             if len(self._cache) >= _CACHE_LIMIT:
                 self._cache.clear()
             self._cache[token] = iat
-        if now - iat > MAX_TOKEN_AGE:
+        if now - iat > max_age:
             return Reason.EXPIRED_PROVIDER_TOKEN
         return None
 

@@ -15,7 +15,7 @@ from types import TracebackType
 from typing import Any, Self
 
 from edgebell.privacy import short_token
-from testkit.apns_auth import AuthKeys, ProviderTokenVerifier
+from testkit.apns_auth import MAX_TOKEN_AGE, AuthKeys, ProviderTokenVerifier
 from testkit.apns_connection import Headers, Request, StandInConnection
 from testkit.apns_rules import (
     Reason,
@@ -38,6 +38,7 @@ KNOBS = frozenset(
         "fail_status",
         "goaway_after",
         "hang",
+        "jwt_max_age",
         "max_concurrent_streams",
         "on_response",
         "refuse",
@@ -133,6 +134,8 @@ class ApnsStandIn:
         self.topic = topic
         self.sandbox = sandbox
         self.token_update_limit = token_update_limit
+        # How old a provider JWT may be (Apple: an hour); -1 calls every JWT expired.
+        self.jwt_max_age: float = MAX_TOKEN_AGE
         # h2's checks of every received header (lowercase names, no connection headers
         # ...) as Apple's front end would refuse them; about a fifth of the stand-in's
         # time per request, which a benchmark of the client may prefer to spend elsewhere.
@@ -398,7 +401,7 @@ class ApnsStandIn:
             return Rejection(403, Reason.INVALID_PROVIDER_TOKEN)
         if not token:
             return Rejection(403, Reason.MISSING_PROVIDER_TOKEN)
-        reason = self._verifier.check(token, time.time())
+        reason = self._verifier.check(token, time.time(), self.jwt_max_age)
         if reason is not None:
             return Rejection(403, reason)
         if token not in conn.provider_tokens:

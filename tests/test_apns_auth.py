@@ -18,7 +18,6 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from fixtures_apns import KEY_ID, TEAM_ID, TOPIC, apns_standin, pki, provider_jwt
 
-import edgebell.apns.auth as auth_module
 from edgebell.apns.auth import (
     HARD_LIMIT,
     UPDATE_HOLD,
@@ -27,10 +26,13 @@ from edgebell.apns.auth import (
     TokenAuth,
 )
 from edgebell.apns.client import ApnsClient
+from edgebell.apns.jwt_child import sign
 from edgebell.apns.model import MAX_JWT_AGE, Environment, Outcome, PushRequest, PushResult
+from edgebell.apns.signer import SignerUnavailable
 from edgebell.errors import ApnsAuthError
 from testkit.apns_server import ApnsStandIn
 from testkit.pki import TestPki, make_apns_auth_key, make_client_cert, make_p12
+from testkit.signing import in_process_mint
 
 FIXTURES = (apns_standin, pki)  # pytest finds them by name in this module
 
@@ -48,11 +50,37 @@ class Clock:
         return self.now
 
 
-def token_auth(pki: TestPki, clock: Clock | None = None, **kw: Any) -> TokenAuth:
-    key = pki.auth_key.private_key.read_bytes()
-    if clock is None:
-        return TokenAuth(key, KEY_ID, TEAM_ID, **kw)
-    return TokenAuth(key, KEY_ID, TEAM_ID, clock=clock, **kw)
+class CountingMint:
+    """The in-process mint, counting the JWTs it makes; ``gate`` holds them back while set."""
+
+    def __init__(self, pki: TestPki, key: bytes | None = None) -> None:
+        self._mint = in_process_mint(
+            key if key is not None else pki.auth_key.private_key.read_bytes(), KEY_ID, TEAM_ID
+        )
+        self.made: list[str] = []
+        self.gate: asyncio.Event | None = None
+
+    async def __call__(self, iat: int) -> str:
+        if self.gate is not None:
+            await self.gate.wait()
+        token = await self._mint(iat)
+        self.made.append(token)
+        return token
+
+
+def token_auth(
+    pki: TestPki, clock: Clock | None = None, *, mint: CountingMint | None = None, **kw: Any
+) -> TokenAuth:
+    if clock is not None:
+        kw["clock"] = clock
+    return TokenAuth(KEY_ID, TEAM_ID, mint=mint or CountingMint(pki), **kw)
+
+
+async def current(auth: TokenAuth) -> str:
+    """The JWT in use once the one being made (if due) is there."""
+    header = await auth.wait_authorization()
+    assert header is not None
+    return header
 
 
 def claims(pki: TestPki, header: str) -> dict[str, Any]:
@@ -106,26 +134,53 @@ def client(auth: Any, url: str, pki: TestPki) -> ApnsClient:
 # -- token auth, alone ---------------------------------------------------------------------
 
 
-def test_jwt_is_es256_with_kid_iss_iat(pki: TestPki) -> None:
-    header = token_auth(pki, Clock()).authorization()
+@pytest.mark.asyncio
+async def test_jwt_is_es256_with_kid_iss_iat(pki: TestPki) -> None:
+    header = await current(token_auth(pki, Clock()))
     token = header.removeprefix("bearer ")
     assert jwt.get_unverified_header(token)["kid"] == KEY_ID
     assert jwt.get_unverified_header(token)["alg"] == "ES256"
     assert claims(pki, header) == {"iss": TEAM_ID, "iat": int(T0)}
 
 
-def test_jwt_is_reused_until_refresh_after(pki: TestPki) -> None:
+@pytest.mark.asyncio
+async def test_jwt_is_reused_until_refresh_after(pki: TestPki) -> None:
     clock = Clock()
-    auth = token_auth(pki, clock, refresh_after=1800)
-    first = auth.authorization()
+    mint = CountingMint(pki)
+    auth = token_auth(pki, clock, mint=mint, refresh_after=1800)
+    first = await current(auth)
     clock.now += 1799
     assert auth.authorization() == first
     clock.now += 1
-    second = auth.authorization()
+    second = await current(auth)
     assert second != first
     assert claims(pki, second)["iat"] == int(T0 + 1800)
     clock.now += 60
     assert auth.authorization() == second
+    assert len(mint.made) == 2
+
+
+@pytest.mark.asyncio
+async def test_a_due_jwt_is_made_in_the_background_while_the_old_one_is_used(
+    pki: TestPki,
+) -> None:
+    """A request never waits for the signer while the JWT it has is still good."""
+    clock = Clock()
+    mint = CountingMint(pki)
+    auth = token_auth(pki, clock, mint=mint, refresh_after=1800)
+    first = await current(auth)
+    mint.gate = asyncio.Event()  # the signer is slow now
+    clock.now += 1800
+    for _ in range(3):  # due: every request still gets the old one at once, one JWT is made
+        assert auth.authorization() == first
+        await asyncio.sleep(0)
+    mint.gate.set()
+    second = await auth.wait_authorization()
+    assert second is not None
+    assert second != first
+    assert auth.authorization() == second
+    assert len(mint.made) == 2
+    await auth.aclose()
 
 
 def test_refresh_after_must_be_between_20_and_55_minutes(pki: TestPki) -> None:
@@ -137,51 +192,59 @@ def test_refresh_after_must_be_between_20_and_55_minutes(pki: TestPki) -> None:
     token_auth(pki, refresh_after=3300)
 
 
-def test_renew_makes_one_new_jwt_for_many_expired_answers(pki: TestPki) -> None:
+@pytest.mark.asyncio
+async def test_renew_makes_one_new_jwt_for_many_expired_answers(pki: TestPki) -> None:
     clock = Clock()
-    auth = token_auth(pki, clock)
-    stale = auth.authorization()
+    mint = CountingMint(pki)
+    auth = token_auth(pki, clock, mint=mint)
+    stale = await current(auth)
     expired = result(Outcome.AUTH_RENEW)
     auth.on_result(expired, stale)
-    fresh = auth.authorization()
+    assert auth.authorization() is None  # Apple said expired: never sent again
+    fresh = await current(auth)
     assert fresh != stale
     # The other requests that carried the stale JWT answer too: no new JWT for them.
     for _ in range(5):
         auth.on_result(expired, stale)
         assert auth.authorization() == fresh
     auth.renew(None)  # unconditional
-    assert auth.authorization() != fresh
+    assert await current(auth) != fresh
+    assert len(mint.made) == 3
 
 
-def test_too_many_updates_keeps_the_jwt_longer_but_never_an_hour(pki: TestPki) -> None:
+@pytest.mark.asyncio
+async def test_too_many_updates_keeps_the_jwt_longer_but_never_an_hour(pki: TestPki) -> None:
     clock = Clock()
     auth = token_auth(pki, clock, refresh_after=1200)
-    header = auth.authorization()
+    header = await current(auth)
     clock.now += 1100
     auth.on_result(result(Outcome.AUTH_BACKOFF), header)
     clock.now += UPDATE_HOLD - 1  # past refresh_after, but inside the hold
-    assert auth.authorization() == header
+    assert await current(auth) == header
     clock.now += 1
-    newer = auth.authorization()
+    newer = await current(auth)
     assert newer != header
     # A hold that would reach past the hour ends early: never an expired JWT.
     clock.now += 3000
     auth.too_many_updates()
     clock.now += HARD_LIMIT - 3000 - 1
-    assert auth.authorization() == newer
+    assert await current(auth) == newer
     clock.now += 1
-    assert auth.authorization() != newer
+    assert auth.authorization() is None  # past the hard limit: not sent any more
+    assert await current(auth) != newer
     assert HARD_LIMIT < MAX_JWT_AGE
 
 
-def test_a_clock_stepping_back_makes_a_new_jwt(pki: TestPki) -> None:
+@pytest.mark.asyncio
+async def test_a_clock_stepping_back_makes_a_new_jwt(pki: TestPki) -> None:
     clock = Clock()
     auth = token_auth(pki, clock)
-    header = auth.authorization()
+    header = await current(auth)
     clock.now -= 30  # jitter: kept
     assert auth.authorization() == header
     clock.now -= 3600  # NTP fixed a wrong clock: the old iat is in the future now
-    assert auth.authorization() != header
+    assert auth.authorization() is None
+    assert await current(auth) != header
 
 
 def test_unusable_keys_are_refused_without_showing_them(tmp_path: Path) -> None:
@@ -194,7 +257,7 @@ def test_unusable_keys_are_refused_without_showing_them(tmp_path: Path) -> None:
             serialization.NoEncryption(),
         )
         with pytest.raises(ApnsAuthError, match="P-256") as info:
-            TokenAuth(pem, KEY_ID, TEAM_ID)
+            sign(pem, KEY_ID, TEAM_ID, int(T0))
         assert "PRIVATE" not in str(info.value)
     # A P-256 key cut short: the PEM frame and the first line survive, the rest is lost.
     whole = ec.generate_private_key(ec.SECP256R1()).private_bytes(
@@ -205,17 +268,49 @@ def test_unusable_keys_are_refused_without_showing_them(tmp_path: Path) -> None:
     lines = whole.splitlines(keepends=True)
     garbage = lines[0] + lines[1][:48] + b"\n" + lines[-1]
     with pytest.raises(ApnsAuthError) as info:
-        TokenAuth(garbage, KEY_ID, TEAM_ID)
+        sign(garbage, KEY_ID, TEAM_ID, int(T0))
     assert lines[1][:16].decode() not in str(info.value)
     assert "BEGIN" not in str(info.value)
     assert KEY_ID in str(info.value)
     with pytest.raises(ApnsAuthError):
-        TokenAuth(b"", KEY_ID, TEAM_ID)
+        sign(b"", KEY_ID, TEAM_ID, int(T0))
+    with pytest.raises(ApnsAuthError, match="key id and a team id"):
+        TokenAuth("", TEAM_ID, mint=in_process_mint(whole, KEY_ID, TEAM_ID))
 
 
-def test_token_auth_repr_shows_no_secret(pki: TestPki) -> None:
+@pytest.mark.asyncio
+async def test_a_jwt_that_cannot_be_made_is_said_and_tried_again(pki: TestPki) -> None:
+    """The signer fails: no JWT, the problem named (for status), a new try after the pause."""
+    clock = Clock()
+    mint = CountingMint(pki)
+    failures = [SignerUnavailable("the JWT signer did not answer within 30 s")]
+
+    async def flaky(iat: int) -> str:
+        if failures:
+            raise failures.pop()
+        return await mint(iat)
+
+    auth = TokenAuth(KEY_ID, TEAM_ID, mint=flaky, clock=clock, retry_after=30)
+    assert await auth.wait_authorization() is None
+    assert auth.problem == "cannot make a provider JWT: the JWT signer did not answer within 30 s"
+    clock.now += 29
+    assert await auth.wait_authorization() is None  # not before the pause is over
+    assert mint.made == []
+    clock.now += 1
+    assert await auth.wait_authorization() is not None
+    assert auth.problem is None
+    bad_key = token_auth(pki, Clock(), mint=CountingMint(pki, key=b"not a key"))
+    assert await bad_key.wait_authorization() is None
+    assert bad_key.problem == (
+        f"cannot make a provider JWT: APNs auth key {KEY_ID} is not the AuthKey_XXXXXXXXXX.p8"
+        " file from Apple (a PKCS#8 EC P-256 private key)"
+    )
+
+
+@pytest.mark.asyncio
+async def test_token_auth_repr_shows_no_secret(pki: TestPki) -> None:
     auth = token_auth(pki, Clock())
-    header = auth.authorization()
+    header = await current(auth)
     assert header.removeprefix("bearer ") not in repr(auth)
     assert auth.mode == "token"
 
@@ -329,17 +424,15 @@ async def test_expired_jwt_is_renewed_after_apple_says_so(
     clock = Clock(time.time() - 3700)  # the JWT's iat is over an hour old for Apple
     auth = token_auth(pki, clock)
     async with client(auth, apns_standin.url, pki) as apns:
-        stale = auth.authorization()
         first = await apns.send(push())
         assert (first.outcome, first.status, first.reason) == (
             Outcome.AUTH_RENEW,
             403,
             "ExpiredProviderToken",
         )
-        assert auth.authorization() != stale  # the client told the auth to renew
+        assert auth.authorization() is None  # the client told the auth to renew
         clock.now = time.time()
-        auth.renew(None)
-        second = await apns.send(push())
+        second = await apns.send(push())  # waits for the new JWT, then sends
         assert second.outcome is Outcome.DELIVERED
 
 
@@ -347,24 +440,15 @@ async def test_expired_jwt_is_renewed_after_apple_says_so(
 async def test_concurrent_expired_answers_make_one_new_jwt(
     pki: TestPki,
     apns_standin: ApnsStandIn,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     clock = Clock(time.time() - 3700)
-    auth = token_auth(pki, clock)
-    minted: list[str] = []
-    real_sign = auth_module.sign_es256
-
-    def counting_sign(*args: Any, **kwargs: Any) -> str:
-        token: str = real_sign(*args, **kwargs)
-        minted.append(token)
-        return token
-
-    monkeypatch.setattr(auth_module, "sign_es256", counting_sign)
+    mint = CountingMint(pki)
+    auth = token_auth(pki, clock, mint=mint)
     async with client(auth, apns_standin.url, pki) as apns:
         results = await asyncio.gather(*(apns.send(push()) for _ in range(10)))
         assert {r.outcome for r in results} == {Outcome.AUTH_RENEW}
-        auth.authorization()
-    assert len(minted) == 2  # the stale one, and exactly one replacement
+        await current(auth)
+    assert len(mint.made) == 2  # the stale one, and exactly one replacement
 
 
 @pytest.mark.asyncio
@@ -374,7 +458,7 @@ async def test_a_key_apple_does_not_know_is_refused(
     tmp_path: Path,
 ) -> None:
     stranger = make_apns_auth_key(tmp_path, KEY_ID, team_id=TEAM_ID)  # same kid, other key
-    auth = TokenAuth(stranger.private_key.read_bytes(), KEY_ID, TEAM_ID)
+    auth = token_auth(pki, mint=CountingMint(pki, key=stranger.private_key.read_bytes()))
     async with client(auth, apns_standin.url, pki) as apns:
         result = await apns.send(push())
         assert (result.outcome, result.status, result.reason) == (
@@ -383,6 +467,28 @@ async def test_a_key_apple_does_not_know_is_refused(
             "InvalidProviderToken",
         )
         assert apns.status().failed == 1
+
+
+@pytest.mark.asyncio
+async def test_no_jwt_means_no_request_and_says_why(
+    pki: TestPki,
+    apns_standin: ApnsStandIn,
+) -> None:
+    """A signer that cannot run: the push fails locally, naming the signer's problem."""
+
+    async def broken(iat: int) -> str:
+        raise SignerUnavailable("cannot start the JWT signer (/nowhere/python): No such file")
+
+    auth = TokenAuth(KEY_ID, TEAM_ID, mint=broken)
+    async with client(auth, apns_standin.url, pki) as apns:
+        result = await apns.send(push())
+        assert (result.outcome, result.status) == (Outcome.AUTH_RENEW, None)
+        assert result.detail == (
+            "no provider JWT to send (cannot make a provider JWT: cannot start the JWT signer"
+            " (/nowhere/python): No such file)"
+        )
+        assert apns.auth_problem == auth.problem
+        assert apns_standin.requests_received == 0
 
 
 @pytest.mark.asyncio
@@ -396,6 +502,7 @@ async def test_too_many_token_updates_keeps_the_jwt(
     async with client(auth, apns_standin.url, pki) as apns:
         assert (await apns.send(push())).outcome is Outcome.DELIVERED
         clock.now += 1250  # time for a new JWT: one too many for this connection
+        await current(auth)  # made at once (in the daemon: in the background)
         result = await apns.send(push())
         assert (result.outcome, result.reason) == (
             Outcome.AUTH_BACKOFF,

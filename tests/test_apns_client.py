@@ -22,7 +22,6 @@ import pytest
 import pytest_asyncio
 from fixtures_apns import TOPIC, apns_standin, pki
 
-from edgebell.apns.auth import TokenAuth
 from edgebell.apns.client import ApnsClient
 from edgebell.apns.client import request_headers as push_headers
 from edgebell.apns.connection import ApnsConnection, StreamFailed
@@ -34,6 +33,7 @@ from edgebell.outbox.store import OutboxStore
 from edgebell.tokens import TokenBook
 from testkit.apns_server import ApnsStandIn, server_ssl_context
 from testkit.pki import TestPki, make_server_cert
+from testkit.signing import in_process_token_auth
 
 FIXTURES = (apns_standin, pki)  # pytest finds them by name in this module
 
@@ -71,7 +71,7 @@ def push(
 
 def make_client(pki: TestPki, url: str, **kw: Any) -> ApnsClient:
     options: dict[str, Any] = {
-        "auth": TokenAuth(
+        "auth": in_process_token_auth(
             pki.auth_key.private_key.read_bytes(), pki.auth_key.key_id, pki.auth_key.team_id
         ),
         "host_override": url,

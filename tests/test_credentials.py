@@ -12,7 +12,6 @@ import pytest
 from fixtures_apns import TOPIC
 from fixtures_service import NotifyListener, edit_config, reload
 
-from edgebell.apns.auth import TokenAuth
 from edgebell.apns.client import ApnsClient
 from edgebell.apns.credentials import (
     PROBE_TOKEN,
@@ -26,6 +25,7 @@ from edgebell.apns.model import Environment, Outcome, PushRequest, PushResult
 from testkit.apns_server import ApnsStandIn
 from testkit.gateway import DaemonProcess, GatewayFiles
 from testkit.pki import TestPki
+from testkit.signing import in_process_token_auth
 from testkit.standin_thread import StandInThread
 
 SANDBOX = Environment.SANDBOX
@@ -75,7 +75,7 @@ def test_the_probe_is_an_ordinary_push_no_device_has_and_apple_never_stores() ->
 
 
 def client_for(pki: TestPki, url: str, *, key_id: str | None = None) -> ApnsClient:
-    auth = TokenAuth(
+    auth = in_process_token_auth(
         pki.auth_key.private_key.read_bytes(), key_id or pki.auth_key.key_id, pki.auth_key.team_id
     )
     return ApnsClient(

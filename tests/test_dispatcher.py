@@ -13,7 +13,6 @@ import pytest
 import pytest_asyncio
 from fixtures_apns import apns_standin, pki
 
-from edgebell.apns.auth import TokenAuth
 from edgebell.apns.client import ApnsClient
 from edgebell.apns.model import Environment
 from edgebell.notifier import Notifier, Template
@@ -24,6 +23,7 @@ from edgebell.rings import Notification, Ring, new_id
 from edgebell.tokens import AuthorisedToken, TokenBook
 from testkit.apns_server import ApnsStandIn
 from testkit.pki import TestPki
+from testkit.signing import in_process_token_auth
 
 FIXTURES = (apns_standin, pki)
 
@@ -95,7 +95,7 @@ async def until(predicate: Callable[[], object], within: float = 10.0) -> None:
 
 
 def make_client(pki: TestPki, url: str, request_timeout: float = 5.0) -> ApnsClient:
-    auth = TokenAuth(
+    auth = in_process_token_auth(
         pki.auth_key.private_key.read_bytes(), pki.auth_key.key_id, pki.auth_key.team_id
     )
     return ApnsClient(

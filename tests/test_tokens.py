@@ -11,7 +11,6 @@ import pytest
 from fixtures_apns import apns_standin, pki
 from fixtures_service import edit_config, reload
 
-from edgebell.apns.auth import TokenAuth
 from edgebell.apns.client import ApnsClient
 from edgebell.apns.model import Environment, Outcome, PushRequest
 from edgebell.cloud.messages import BadCommand, parse_command
@@ -24,6 +23,7 @@ from edgebell.tokens import AuthorisedToken, Suppression, TokenBook, is_device_t
 from testkit.apns_server import ApnsStandIn
 from testkit.gateway import DaemonProcess, GatewayFiles
 from testkit.pki import TestPki
+from testkit.signing import in_process_token_auth
 from testkit.standin_thread import StandInThread
 
 FIXTURES = (apns_standin, pki)
@@ -233,7 +233,7 @@ def test_config_cloud_list_and_commands_agree_on_what_a_device_token_is(
 async def test_the_client_refuses_a_token_the_config_would_refuse_without_asking_apple(
     pki: TestPki, apns_standin: ApnsStandIn
 ) -> None:
-    auth = TokenAuth(
+    auth = in_process_token_auth(
         pki.auth_key.private_key.read_bytes(), pki.auth_key.key_id, pki.auth_key.team_id
     )
     async with ApnsClient(auth=auth, host_override=apns_standin.url, ca_file=pki.ca.cert) as client:

@@ -2,22 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import os
 import secrets
 import ssl
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Protocol
 
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-
-from edgebell.apns.es256 import sign_es256
 from edgebell.apns.model import JWT_REFRESH_RANGE, MAX_JWT_AGE, Outcome, PushResult
-from edgebell.errors import ApnsAuthError
+from edgebell.errors import ApnsAuthError, ApnsError
+
+log = logging.getLogger(__name__)
 
 MIN_REFRESH, MAX_REFRESH = JWT_REFRESH_RANGE
 # Even while holding a JWT after TooManyProviderTokenUpdates, a new one is made this early,
@@ -27,6 +27,9 @@ HARD_LIMIT = MAX_JWT_AGE - 2 * 60
 UPDATE_HOLD = MIN_REFRESH
 # A clock that steps back further than this (NTP after a boot without RTC) makes a new JWT.
 CLOCK_STEP_BACK = 60.0
+# A JWT that could not be made (signer did not answer, key refused) is tried again this often
+# (the daemon passes apns.retry_max).
+MINT_RETRY = 60.0
 
 
 class ApnsAuth(Protocol):
@@ -37,8 +40,17 @@ class ApnsAuth(Protocol):
         """The mode's name, as in the config and ``status``: token, certificate, delegated."""
         ...
 
+    @property
+    def problem(self) -> str | None:
+        """Why no credential can be made now (status lists it); None when all is well."""
+        ...
+
     def authorization(self) -> str | None:
-        """The ``authorization`` header value for the next request; None: send none."""
+        """The ``authorization`` header value for the next request; None: none to send now."""
+        ...
+
+    async def wait_authorization(self) -> str | None:
+        """After ``authorization()`` gave None: wait for one being made; None if none comes."""
         ...
 
     def configure(self, ssl_ctx: ssl.SSLContext) -> None:
@@ -49,22 +61,34 @@ class ApnsAuth(Protocol):
         """Learn from Apple's answer to a request that carried ``authorization``."""
         ...
 
+    async def aclose(self) -> None:
+        """Stop any work in the background."""
+        ...
+
+
+# Makes the JWT issued at the given time (Signer.mint: a child process signs it).
+Mint = Callable[[int], Awaitable[str]]
+
 
 class TokenAuth:
     """An ES256 provider JWT made from the team's ``.p8`` key, shared by all requests.
 
-    The JWT is reused until it is ``refresh_after`` seconds old, never past an hour.
+    The JWT is reused until it is ``refresh_after`` seconds old, never past an hour. Making
+    one takes a child process (edgebell.apns.signer), so it is made in the background while
+    the current one is still good: a ring never waits for it. Only a request that finds no
+    usable JWT (before the first, after Apple called it expired) waits for the next one.
     """
 
     mode = "token"
 
     def __init__(
         self,
-        key_pem: bytes,
         key_id: str,
         team_id: str,
         *,
+        mint: Mint,
         refresh_after: float = 2400,
+        retry_after: float = MINT_RETRY,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if not MIN_REFRESH <= refresh_after <= MAX_REFRESH:
@@ -74,33 +98,45 @@ class TokenAuth:
             )
         if not key_id or not team_id:
             raise ApnsAuthError("an APNs auth key needs both a key id and a team id")
-        try:
-            key = serialization.load_pem_private_key(key_pem, password=None)
-        except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
-            # The library's message never carries key bytes, but say only what is useful.
-            raise ApnsAuthError(
-                f"APNs auth key {key_id} is not a readable unencrypted PEM (.p8) private key"
-            ) from exc
-        if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name != "secp256r1":
-            raise ApnsAuthError(f"APNs auth key {key_id} is not a P-256 EC key (ES256)")
-        self._key = key
         self._key_id = key_id
         self._team_id = team_id
+        self._make = mint
         self._refresh_after = refresh_after
+        self._retry_after = retry_after
         self._clock = clock
         self._header: str | None = None
         self._minted_at = 0.0
         self._hold_until = 0.0
+        self._task: asyncio.Task[None] | None = None
+        self._retry_at = 0.0
+        self.minted = 0  # JWTs made since start
+        self.problem: str | None = None
 
     def __repr__(self) -> str:
         return f"TokenAuth(key_id={self._key_id!r}, team_id={self._team_id!r})"
 
-    def authorization(self) -> str:
+    def authorization(self) -> str | None:
         now = self._clock()
         header = self._header
-        if header is None or not self._fresh(now):
-            header = self._mint(now)
-        return header
+        if header is not None and self._fresh(now):
+            return header
+        self._start_minting(now)
+        return header if header is not None and self._usable(now) else None
+
+    async def wait_authorization(self) -> str | None:
+        # Twice at most: a JWT begun before the clock jumped is no use after it.
+        for _ in range(2):
+            now = self._clock()
+            if self._header is None or not self._fresh(now):
+                self._start_minting(now)
+            task = self._task
+            if task is not None:
+                # Shielded: a request given up on must not cancel the JWT others wait for.
+                await asyncio.shield(task)
+            header = self._header
+            if header is not None and self._usable(self._clock()):
+                return header
+        return None
 
     def configure(self, ssl_ctx: ssl.SSLContext) -> None:
         """Token auth needs nothing from TLS."""
@@ -121,23 +157,55 @@ class TokenAuth:
         if stale is None or stale == self._header:
             self._header = None
             self._hold_until = 0.0
+            self._retry_at = 0.0
 
     def too_many_updates(self) -> None:
         """Apple says we make JWTs too often: keep the current one longer (never past an hour)."""
         self._hold_until = self._clock() + UPDATE_HOLD
 
-    def _fresh(self, now: float) -> bool:
-        age = now - self._minted_at
-        if age < -CLOCK_STEP_BACK or age >= HARD_LIMIT:
-            return False
-        return age < self._refresh_after or now < self._hold_until
+    async def aclose(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
-    def _mint(self, now: float) -> str:
-        token = sign_es256({"iss": self._team_id, "iat": int(now)}, self._key, self._key_id)
-        self._header = header = f"bearer {token}"
-        self._minted_at = now
-        self._hold_until = 0.0
-        return header
+    def _usable(self, now: float) -> bool:
+        """Apple still takes it: younger than the hard limit (and the clock did not jump back)."""
+        age = now - self._minted_at
+        return -CLOCK_STEP_BACK <= age < HARD_LIMIT
+
+    def _fresh(self, now: float) -> bool:
+        """Usable and not yet due for renewal."""
+        if not self._usable(now):
+            return False
+        return now - self._minted_at < self._refresh_after or now < self._hold_until
+
+    def _start_minting(self, now: float) -> None:
+        if self._task is None and now >= self._retry_at:
+            self._task = asyncio.get_running_loop().create_task(
+                self._mint(now), name="edgebell-jwt"
+            )
+
+    async def _mint(self, now: float) -> None:
+        try:
+            token = await self._make(int(now))
+        except ApnsError as exc:
+            self._retry_at = self._clock() + self._retry_after
+            problem = f"cannot make a provider JWT: {exc}"
+            if self.problem != problem:  # said once; status keeps saying it
+                log.error("%s; trying again every %g s", problem, self._retry_after)
+            self.problem = problem
+        else:
+            self._header = f"bearer {token}"
+            self._minted_at = now
+            self._hold_until = 0.0
+            self.minted += 1
+            if self.problem is not None:
+                log.info("provider JWT made again")
+            self.problem = None
+        finally:
+            self._task = None
 
 
 class CertificateAuth:
@@ -147,6 +215,7 @@ class CertificateAuth:
     """
 
     mode = "certificate"
+    problem: str | None = None  # a certificate that does not load stops the start (ApnsAuthError)
 
     def __init__(self, cert_file: Path, passphrase: bytes | None = None) -> None:
         self._path = cert_file
@@ -193,6 +262,12 @@ class CertificateAuth:
     def on_result(self, result: PushResult, authorization: str | None = None) -> None:
         """A refused certificate needs a person: nothing to do automatically."""
 
+    async def wait_authorization(self) -> str | None:
+        return None  # the TLS client certificate is the credential
+
+    async def aclose(self) -> None:
+        """Nothing runs in the background."""
+
 
 def _no_password() -> bytes:
     return b""
@@ -207,6 +282,8 @@ def _pkcs12_as_pem(data: bytes, passphrase: bytes | None, path: Path) -> tuple[b
     """The certificate, its chain and its key (encrypted with a new random password) as PEM."""
     # Imported here: PKCS#12 brings cryptography's X.509 layer, 2.2 MB of RSS that every
     # gateway on a .p8 key or a PEM certificate would carry for nothing.
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.serialization import pkcs12
 
     try:
@@ -238,6 +315,7 @@ class DelegatedAuth:
     """
 
     mode = "delegated"
+    problem: str | None = None  # the cloud's status says why no JWT came
 
     def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
@@ -268,6 +346,12 @@ class DelegatedAuth:
         if self._clock() - self._iat >= MAX_JWT_AGE:
             return None
         return self._header
+
+    async def wait_authorization(self) -> str | None:
+        return None  # the next JWT comes when the cloud sends it: nothing to wait for here
+
+    async def aclose(self) -> None:
+        """Nothing runs in the background."""
 
     def configure(self, ssl_ctx: ssl.SSLContext) -> None:
         """Delegated auth needs nothing from TLS."""

@@ -123,6 +123,12 @@ class ApnsClient:
         self._retired.clear()
         await asyncio.gather(*(c.aclose() for c in conns))
         await asyncio.gather(*self._connecting.values(), return_exceptions=True)
+        await self._auth.aclose()
+
+    @property
+    def auth_problem(self) -> str | None:
+        """Why the auth mode cannot make a credential now (a JWT the signer did not make)."""
+        return self._auth.problem
 
     async def connect(self, env: Environment) -> None:
         """Make sure ``env`` has a working connection: open one, or PING the one there is.
@@ -142,16 +148,7 @@ class ApnsClient:
     async def send(self, request: PushRequest) -> PushResult:
         """Push once; never raises for APNs answers or transport problems."""
         self._sent += 1
-        authorization = self._auth.authorization()
-        if not is_device_token(request.token):
-            result = _local(request, Outcome.FAILED, "not a device token (16 to 200 hex digits)")
-        elif authorization is None and self._needs_jwt:
-            result = _local(
-                request, Outcome.AUTH_RENEW, f"no provider JWT to send ({self._auth.mode} auth)"
-            )
-        else:
-            result = await self._attempt(request, authorization)
-            self._auth.on_result(result, authorization)
+        result = await self._authorised(request)
         if result.outcome is Outcome.DELIVERED:
             self._delivered += 1
         else:
@@ -181,6 +178,21 @@ class ApnsClient:
         )
 
     # -- one attempt ----------------------------------------------------------------------
+
+    async def _authorised(self, request: PushRequest) -> PushResult:
+        """One attempt with the credential of the moment, or a local result if there is none."""
+        if not is_device_token(request.token):
+            return _local(request, Outcome.FAILED, "not a device token (16 to 200 hex digits)")
+        authorization = self._auth.authorization()
+        if authorization is None and self._needs_jwt:
+            # None yet (start-up, or Apple called the last one expired): one is being made.
+            authorization = await self._auth.wait_authorization()
+            if authorization is None:
+                why = self._auth.problem or f"{self._auth.mode} auth"
+                return _local(request, Outcome.AUTH_RENEW, f"no provider JWT to send ({why})")
+        result = await self._attempt(request, authorization)
+        self._auth.on_result(result, authorization)
+        return result
 
     async def _attempt(self, request: PushRequest, authorization: str | None) -> PushResult:
         env = request.environment

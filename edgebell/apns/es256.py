@@ -1,8 +1,8 @@
 """ES256 provider JWTs for APNs, signed with ``cryptography`` directly.
 
-PyJWT would do this in one call, but importing it pulls in ``urllib.request``,
-``http``, ``email`` and the X.509 stack: about 5 MB of resident memory on a
-gateway that only ever signs one small, fixed-shape token every 40 minutes.
+On a gateway this runs in the signer's child process (edgebell.apns.jwt_child), never in
+the daemon. PyJWT would do it in one call, but importing it pulls in ``urllib.request``,
+``http``, ``email`` and the X.509 stack on top, for one small, fixed-shape token.
 Verification (the cloud's token lists, the stand-in, the tests) stays with PyJWT.
 """
 

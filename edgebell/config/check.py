@@ -4,30 +4,33 @@ from __future__ import annotations
 
 import datetime
 import os
+import ssl
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519
-from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
-
+from edgebell.apns.signer import Signer
 from edgebell.config.model import CertificateAuthConfig, Config, TokenAuthConfig
-from edgebell.errors import ConfigError, config_errors
+from edgebell.errors import ApnsAuthError, ConfigError, config_errors
 from edgebell.secrets import read_file, read_passphrase, read_secret
 
 if TYPE_CHECKING:
-    # cryptography's X.509 layer costs the daemon 2 MB of RSS: it is imported only where
-    # a certificate is read (the daemon runs check_config on a reload, rarely with one).
+    # cryptography costs a process about 10 MB of RSS for as long as it runs: the daemon
+    # imports it only for what needs it (a client certificate, the cloud's list key).
+    # Its own ``.p8`` key is checked by the JWT signer's child (edgebell.apns.jwt_child).
     from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 # A certificate this close to its end is worth a warning: APNs certificates last a year.
 EXPIRY_WARNING = datetime.timedelta(days=30)
 
 
 def check_config(
-    config: Config, *, now: datetime.datetime | None = None, receiver: bool = False
+    config: Config,
+    *,
+    now: datetime.datetime | None = None,
+    receiver: bool = False,
+    sign: bool = True,
 ) -> list[str]:
     """Warnings about ``config``; ConfigError, at the line of the key naming it, for a bad file.
 
@@ -35,8 +38,10 @@ def check_config(
     the token list verification key and the Home Assistant files, and with ``receiver``
     (check-config, not ``run``: a receiver may be plugged in after the start) that the
     serial port exists. Every bad file is reported, as ConfigErrors when there are several.
+    With ``sign``, the APNs ``.p8`` key signs a JWT in the signer's child (about 60 ms, so
+    a reload, which must not stall the event loop, leaves it to the restart that uses it).
     """
-    checker = _Checker(config, now or datetime.datetime.now(datetime.UTC))
+    checker = _Checker(config, now or datetime.datetime.now(datetime.UTC), sign=sign)
     errors: list[ConfigError] = []
 
     def step(check: Callable[..., object], *args: Any, **kwargs: Any) -> None:
@@ -49,7 +54,7 @@ def check_config(
         step(checker.receiver_port, config.radio.port)
     auth = config.apns.auth
     if isinstance(auth, TokenAuthConfig):
-        step(checker.apns_key, auth.key_file)
+        step(checker.apns_key, auth)
     elif isinstance(auth, CertificateAuthConfig):
         step(checker.apns_certificate, auth)
     if config.apns.ca_file is not None:
@@ -114,9 +119,10 @@ def _at(config: Config, key: str, message: str) -> str:
 class _Checker:
     """Checks one file after another, turning each problem into a located ConfigError."""
 
-    def __init__(self, config: Config, now: datetime.datetime) -> None:
+    def __init__(self, config: Config, now: datetime.datetime, *, sign: bool) -> None:
         self.config = config
         self.now = now
+        self.sign = sign
         self.warnings: list[str] = []
 
     def fail(self, key: str, message: str) -> ConfigError:
@@ -155,20 +161,18 @@ class _Checker:
                 "(ls /dev/serial/by-id/ names it)",
             )
 
-    def apns_key(self, path: Path) -> None:
+    def apns_key(self, auth: TokenAuthConfig) -> None:
         key_name = "apns.auth.key_file"
+        path = auth.key_file
         data = self.read(key_name, path, "APNs auth key", secret=True)
-        expected = "the AuthKey_XXXXXXXXXX.p8 file from Apple (a PKCS#8 EC P-256 private key)"
+        if not self.sign:
+            return
+        # Signed by the child the daemon uses for every JWT: what passes here will sign there.
+        signer = Signer(data, auth.key_id, auth.team_id, name=str(path))
         try:
-            key = serialization.load_pem_private_key(data, password=None)
-        except TypeError:
-            raise self.fail(key_name, f"{path} is encrypted; expected {expected}") from None
-        except (ValueError, UnsupportedAlgorithm):
-            raise self.fail(key_name, f"{path} is not {expected}") from None
-        if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(
-            key.curve, ec.SECP256R1
-        ):
-            raise self.fail(key_name, f"{path} holds another kind of key; expected {expected}")
+            signer.check(int(self.now.timestamp()))
+        except ApnsAuthError as exc:
+            raise self.fail(key_name, str(exc)) from None
 
     def apns_certificate(self, auth: CertificateAuthConfig) -> None:
         key_name = "apns.auth.cert_file"
@@ -212,7 +216,13 @@ class _Checker:
 
     def ca_file(self, key_name: str, path: Path) -> None:
         data = self.read(key_name, path, "CA file", secret=False)
-        self.pem_certificates(key_name, path, data)
+        # Loaded the way the TLS connections will load it (ssl, not cryptography's X.509).
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(
+                cadata=data.decode("ascii")
+            )
+        except (ssl.SSLError, UnicodeDecodeError, ValueError):
+            raise self.fail(key_name, f"{path} holds no PEM certificate") from None
 
     def client_identity(self, cert_path: Path, key_path: Path, *, section: str = "cloud") -> None:
         cert_key, key_key = f"{section}.cert_file", f"{section}.key_file"
@@ -232,6 +242,10 @@ class _Checker:
             raise self.fail(key_name, f"{path} is empty: it holds the broker password")
 
     def token_list_key(self, path: Path) -> None:
+        from cryptography.exceptions import UnsupportedAlgorithm
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import ed25519
+
         key_name = "cloud.token_list_key"
         data = self.read(key_name, path, "token list key", secret=False)
         if b"PRIVATE KEY" in data:
@@ -263,6 +277,9 @@ class _Checker:
         self, key_name: str, path: Path, data: bytes, passphrase: bytes | None
     ) -> PrivateKeyTypes:
         """The private key in PEM ``data``; ``passphrase`` is None where none can be configured."""
+        from cryptography.exceptions import UnsupportedAlgorithm
+        from cryptography.hazmat.primitives import serialization
+
         try:
             return serialization.load_pem_private_key(data, password=None)
         except TypeError:
@@ -281,6 +298,8 @@ class _Checker:
     def same_key(
         self, key_name: str, path: Path, certificate: x509.Certificate, key: PrivateKeyTypes
     ) -> None:
+        from cryptography.hazmat.primitives import serialization
+
         spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
         if certificate.public_key().public_bytes(*spki) != key.public_key().public_bytes(*spki):
             raise self.fail(key_name, f"{path}: the private key does not match the certificate")

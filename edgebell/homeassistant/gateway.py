@@ -42,7 +42,8 @@ class GatewayParts(Protocol):
 def gateway_state(parts: GatewayParts) -> GatewayState:
     outbox = parts.dispatcher.status()
     apns = parts.client.status()
-    auth_problem = outbox.auth_problem
+    # A JWT the signer cannot make, then a refusal the engine saw, then the probe's verdict.
+    auth_problem = parts.client.auth_problem or outbox.auth_problem
     credentials = parts.credentials
     # Apple refused the key, team or topic at start: auth_error before any ring is lost.
     if auth_problem is None and credentials.state is CredentialState.REFUSED:
