@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -36,6 +37,8 @@ from common import (
 
 from testkit.fake_receiver import FakeReceiver
 from testkit.gateway import (
+    KEY_ID,
+    TEAM_ID,
     TOPIC,
     DaemonProcess,
     random_token,
@@ -81,6 +84,59 @@ def imports_rss_mb() -> float:
     )
     done = subprocess.run([PYTHON, "-c", code], capture_output=True, text=True, check=True)
     return round(float(done.stdout), 1)
+
+
+# The child as the daemon runs it, plus its own peak RSS on stderr as it exits. (Not
+# ru_maxrss: on Linux a child's counts the benchmark's own memory, copied at the fork.)
+_CHILD_WITH_PEAK = (
+    "import atexit, runpy, sys\n"
+    "def peak():\n"
+    "    for line in open('/proc/self/status'):\n"
+    "        if line.startswith('VmHWM:'): sys.stderr.write(line)\n"
+    "atexit.register(peak)\n"
+    "runpy.run_module('edgebell.apns.jwt_child', run_name='__main__')\n"
+)
+
+
+def signer_child(key: Path, runs: int) -> dict[str, Any]:
+    """What one provider JWT costs now that a child signs it: wall time, CPU and peak RSS."""
+    request = _signer_request(key)
+    wall, cpu, peak = [], [], []
+    for _ in range(runs):
+        start = time.perf_counter()
+        proc = subprocess.Popen(
+            [PYTHON, "-c", _CHILD_WITH_PEAK],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        assert proc.stdin is not None
+        assert proc.stdout is not None
+        assert proc.stderr is not None
+        proc.stdin.write(request)
+        proc.stdin.close()
+        out, err = proc.stdout.read(), proc.stderr.read()  # a JWT, or one line: no deadlock
+        # wait4, not Popen.wait: the CPU of this child alone.
+        _, wait_status, usage = os.wait4(proc.pid, 0)
+        wall.append((time.perf_counter() - start) * 1000)
+        proc.returncode = os.waitstatus_to_exitcode(wait_status)
+        proc.stdout.close()
+        proc.stderr.close()
+        if proc.returncode != 0 or out.count(b".") != 2:
+            raise RuntimeError(f"the signer failed ({proc.returncode}): {err.decode()}")
+        cpu.append((usage.ru_utime + usage.ru_stime) * 1000)
+        peak.append(int(err.decode().rsplit("VmHWM:", 1)[1].split()[0]) / 1024)
+    return {
+        "runs": runs,
+        "wall_ms": summary(wall, 1),
+        "cpu_ms_p50": round(statistics.median(cpu), 1),
+        "peak_rss_mb": round(max(peak), 1),
+    }
+
+
+def _signer_request(key: Path) -> bytes:
+    claims = {"kid": KEY_ID, "iss": TEAM_ID, "iat": int(time.time()), "name": str(key)}
+    return json.dumps(claims).encode() + b"\n" + key.read_bytes()
 
 
 def measure(tokens: int, idle: float, status_runs: int, import_runs: int) -> dict[str, Any]:
@@ -142,6 +198,7 @@ def measure(tokens: int, idle: float, status_runs: int, import_runs: int) -> dic
         "status_small_config_ms": summary(small_status_ms, 1),
         "imports": import_time(import_runs),
         "imports_rss_mb": imports_rss_mb(),
+        "signer": signer_child(pki.auth_key.private_key, import_runs),
         "machine": machine(),
     }
 
@@ -174,6 +231,11 @@ def main() -> int:
     print(
         f"  edgebell status, config with 3 static tokens: p50 {small['p50']} ms,"
         f" p90 {small['p90']} ms, max {small['max']} ms"
+    )
+    signer = result["signer"]
+    print(
+        f"  JWT signer child: p50 {signer['wall_ms']['p50']} ms wall,"
+        f" {signer['cpu_ms_p50']} ms CPU, peak RSS {signer['peak_rss_mb']} MiB"
     )
     print(
         f"  import: edgebell.daemon {imports['daemon_import_ms']} ms, edgebell.cli"
