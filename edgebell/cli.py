@@ -69,6 +69,11 @@ def _parser() -> argparse.ArgumentParser:
         parents=[common],
         help="make the running daemon re-read its configuration; fails if it refuses the file",
     )
+    sub.add_parser(
+        "acknowledge",
+        parents=[common],
+        help="clear status's notices of losses that are over (a corrupt file moved aside at start)",
+    )
     p = sub.add_parser("test-push", parents=[common], help="push a test notification now")
     p.add_argument(
         "--token",
@@ -200,7 +205,22 @@ def _dispatch(args: argparse.Namespace, out: TextIO) -> int:
         from edgebell.reload_client import reload
 
         return reload(sock, out)
+    if command == "acknowledge":
+        return _acknowledge(sock, out)
     raise AssertionError(command)
+
+
+def _acknowledge(sock: Path, out: TextIO) -> int:
+    """``acknowledge``: the notices cleared, one per line; 0 also when there were none."""
+    from edgebell import control
+
+    answer = control.request(sock, {"cmd": "acknowledge"}, timeout=10.0)
+    said = answer.get("acknowledged") or []
+    for notice in said:
+        print(f"acknowledged: {notice}", file=out)
+    if not said:
+        print("nothing to acknowledge", file=out)
+    return EXIT_OK
 
 
 # `control_socket: /run/edgebell/edgebell.sock` as written, for a file that no longer loads.

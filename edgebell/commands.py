@@ -31,6 +31,7 @@ class ControlCommands:
             "learn": self._cmd_learn,
             "ping": self._cmd_ping,
             "reload": self._cmd_reload,
+            "acknowledge": self._cmd_acknowledge,
         }
 
     async def _cmd_learn(self, request: JSON) -> AsyncIterator[JSON]:
@@ -69,6 +70,9 @@ class ControlCommands:
         if not verdict.taken:
             return {"ok": False, "file": verdict.file, "error": verdict.error}
         return {"ok": True, "file": verdict.file, "restart_needed": list(verdict.restart_needed)}
+
+    async def _cmd_acknowledge(self, request: JSON) -> JSON:
+        return {"ok": True, "acknowledged": self._service.acknowledge()}
 
     async def _cmd_test_push(self, request: JSON) -> JSON:
         token = request.get("token")

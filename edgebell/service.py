@@ -132,6 +132,13 @@ class CommandService:
         # Rung from memory: the ring is lost if the daemon stops before Apple has it.
         return RingAccepted(ring, persisted=False, disk_error=self._store.health().last_error)
 
+    def acknowledge(self) -> list[str]:
+        """The operator has seen the losses status names: clear those notices."""
+        said = self._store.acknowledge()
+        for notice in said:
+            log.warning("acknowledged by the operator: %s", notice)
+        return said
+
     def reload(self) -> ReloadVerdict:
         """Re-read the config file now, as SIGHUP does."""
         taken = self._reload()

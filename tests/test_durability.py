@@ -340,9 +340,10 @@ def corrupt(db: Path) -> None:
         f.write(secrets.token_bytes(4096))
 
 
-def test_a_corrupt_database_at_start_degrades_status_and_systemd_status_until_restart(
+def start_on_a_corrupt_outbox(
     make_rig: Callable[..., Rig], notify_socket: NotifyListener
-) -> None:
+) -> tuple[Rig, DaemonProcess]:
+    """A daemon started on an outbox that held two queued rings and was then damaged."""
     rig = make_rig(1, **notify_socket.env)
     rig.apns.set(refuse=True)
     daemon = rig.start()
@@ -350,7 +351,13 @@ def test_a_corrupt_database_at_start_degrades_status_and_systemd_status_until_re
     rig.ring(daemon, "back")
     daemon.stop()  # the rows stay queued in the database, checkpointed into its file
     corrupt(rig.files.state_dir / "outbox.sqlite3")
-    daemon = rig.start()
+    return rig, rig.start()
+
+
+def test_a_corrupt_database_at_start_degrades_status_and_systemd_status_until_restart(
+    make_rig: Callable[..., Rig], notify_socket: NotifyListener
+) -> None:
+    rig, daemon = start_on_a_corrupt_outbox(make_rig, notify_socket)
     status = daemon.status()
     assert status["state"] == "degraded"
     [problem] = [p for p in status["problems"] if "corrupt" in p]
@@ -366,6 +373,30 @@ def test_a_corrupt_database_at_start_degrades_status_and_systemd_status_until_re
     daemon.stop()
     again = rig.start()
     assert not [p for p in again.status()["problems"] if "corrupt" in p]
+
+
+def test_the_operator_acknowledges_a_corrupt_database_without_a_restart(
+    make_rig: Callable[..., Rig], notify_socket: NotifyListener
+) -> None:
+    rig, daemon = start_on_a_corrupt_outbox(make_rig, notify_socket)
+    [problem] = [p for p in daemon.status()["problems"] if "corrupt" in p]
+    assert problem.endswith("(`edgebell acknowledge` or a restart clears this notice)")
+    moved = daemon.status()["outbox"]["moved_aside"]
+    done = daemon.cli("acknowledge")
+    assert (done.returncode, done.stdout) == (0, f"acknowledged: {problem}\n")
+    status = daemon.status()
+    assert not [p for p in status["problems"] if "corrupt" in p]
+    assert status["outbox"]["moved_aside"] is None
+    assert Path(moved).exists()  # the file stays, for whoever wants to look into it
+    notify_socket.wait_for(
+        lambda ms: (
+            "outbox was corrupt" not in [m for m in ms if "STATUS" in m.fields][-1].fields["STATUS"]
+        ),
+        "STATUS= without the corrupt outbox",
+    )
+    again = daemon.cli("acknowledge")
+    assert (again.returncode, again.stdout) == (0, "nothing to acknowledge\n")
+    assert f"acknowledged by the operator: {problem}" in rig.files.log.read_text()
 
 
 def test_suppressions_survive_an_outbox_found_corrupt(make_rig: Callable[..., Rig]) -> None:

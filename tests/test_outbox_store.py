@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from edgebell.errors import StoreError
-from edgebell.outbox.store import OutboxStore
+from edgebell.outbox.store import BACKLOG_MAX_ROWS, TOKENS_FILE, OutboxStore
 from edgebell.rings import Notification, new_id
 from edgebell.tokens import Suppression
 
@@ -238,6 +238,36 @@ def test_a_failing_disk_keeps_rings_in_memory_and_says_how_many(tmp_path: Path) 
     assert not store.is_durable("r11")
     assert any("5 accepted rings (5 pushes) not on disk yet" in p for p in health.problems)
     assert any(f"{health.dropped_rings} accepted rings dropped" in p for p in health.problems)
+    store.close()
+
+
+def test_acknowledge_clears_the_notices_of_losses_that_are_over(tmp_path: Path) -> None:
+    """Files moved aside and rings dropped are notices; a disk still failing is not."""
+    path = tmp_path / "outbox.sqlite3"
+    path.write_bytes(b"this is not a database" * 100)
+    (tmp_path / TOKENS_FILE).write_bytes(b"nor is this" * 100)
+    store = OutboxStore(path, max_page_count=8, backlog_max_rows=5)
+    store.open()
+    store.start()
+    for i in range(12):
+        store.add([_notification(ring=f"r{i}", payload=b"x" * 3000, created_at=1000.0 + i)])
+    health = store.health()
+    assert health.dropped_rings >= 1
+    failing = [p for p in health.problems if "not on disk yet" in p]
+    notices = sorted(set(health.problems) - set(failing))
+    assert [n.split(":")[0] for n in notices] == [
+        f"{health.dropped_rings} accepted rings dropped from memory before the disk took them"
+        f" (bound {BACKLOG_MAX_ROWS} pushes; `edgebell acknowledge` or a restart clears this"
+        " notice)",
+        "outbox was corrupt at start",
+        "token state was corrupt at start",
+    ]
+    assert store.acknowledge() == notices
+    after = store.health()
+    assert after.problems == failing  # the disk is still full: that stays
+    assert (after.moved_aside, after.tokens_moved_aside, after.dropped_rings) == (None, None, 0)
+    assert store.acknowledge() == []
+    assert list(tmp_path.glob("outbox.sqlite3.corrupt-*"))  # the files stay
     store.close()
 
 

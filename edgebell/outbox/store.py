@@ -93,6 +93,8 @@ _NOTIFICATION_COLUMNS = (
 RETRY_EVERY = 1.0  # how often a failing store tries again, and the files are checked
 CHECKPOINT_EVERY = 10.0  # WAL checkpoints (with their fsyncs) from the writer thread
 BACKLOG_MAX_ROWS = 10_000  # notifications kept for a failing disk; beyond, the oldest go
+# How a notice of a loss that is over (a file moved aside, rings dropped) is cleared.
+ACKNOWLEDGE = "`edgebell acknowledge` or a restart clears this notice"
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,7 +120,7 @@ class StoreHealth:
             lost = "an unknown number of" if self.lost_at_start is None else self.lost_at_start
             out.append(
                 f"outbox was corrupt at start: moved to {self.moved_aside}, {lost} rows lost"
-                " (this stays until the next restart)"
+                f" ({ACKNOWLEDGE})"
             )
         if self.last_error is not None or self.unwritten_rows:
             why = self.last_error or "writing"
@@ -130,10 +132,13 @@ class StoreHealth:
         if self.dropped_rings:
             out.append(
                 f"{self.dropped_rings} accepted rings dropped from memory before the disk took"
-                f" them (bound {BACKLOG_MAX_ROWS} pushes)"
+                f" them (bound {BACKLOG_MAX_ROWS} pushes; {ACKNOWLEDGE})"
             )
         if self.tokens_moved_aside is not None:
-            out.append(f"token state was corrupt at start: moved to {self.tokens_moved_aside}")
+            out.append(
+                f"token state was corrupt at start: moved to {self.tokens_moved_aside}"
+                f" ({ACKNOWLEDGE})"
+            )
         if self.tokens_error is not None or self.tokens_unwritten:
             out.append(
                 f"token state file failing ({self.tokens_error or 'writing'}):"
@@ -602,6 +607,23 @@ class OutboxStore:
         self._wake.set()
 
     # -- health ---------------------------------------------------------------------------------
+
+    def acknowledge(self) -> list[str]:
+        """Clear the notices of losses that are over; returns what they said.
+
+        The operator has read them: a corrupt outbox or token-state file moved aside at
+        start (the files stay where they were moved), accepted rings the memory bound
+        dropped. A failure still going on (a disk that cannot be written) is no notice:
+        it stays in ``health()`` until it ends.
+        """
+        with self._lock:
+            before = set(self.health().problems)
+            self._outbox.moved_aside = None
+            self._lost_at_start = None
+            self._tokens.moved_aside = None
+            self._dropped_rings = 0
+            after = set(self.health().problems)
+        return [problem for problem in sorted(before - after)]
 
     def health(self) -> StoreHealth:
         with self._lock:
