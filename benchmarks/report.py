@@ -849,11 +849,11 @@ def notes(results: dict[str, Any]) -> list[str]:
         if s > 150 or small > 150:
             out.append(
                 f"`edgebell status` ({s} ms with {footprint['tokens']:,} static tokens, {small} ms"
-                " with 3) is a new Python process: interpreter start, imports (the config package"
-                " pulls in cryptography.x509 for check-config's certificate checks, PyYAML), and"
-                " reading the whole config: PyYAML's pure-Python composer takes tens of ms for a"
-                " thousand static tokens (libyaml's CSafeLoader, when present, is about 10×"
-                " faster). With the cloud's token list, the config holds few static tokens."
+                " with 3) is a new Python process: interpreter start, imports (PyYAML, the"
+                " config model), and reading the whole config: PyYAML's pure-Python composer"
+                " takes tens of ms for a thousand static tokens (libyaml's CSafeLoader, when"
+                " present, is about 10× faster). With the cloud's token list, the config holds"
+                " few static tokens."
             )
         else:
             out.append(

@@ -36,6 +36,12 @@ def signer(pki: TestPki, **kw: Any) -> Signer:
     return Signer(pki.auth_key.private_key.read_bytes(), KEY_ID, TEAM_ID, **kw)
 
 
+def hanging(pid_file: Path) -> tuple[str, ...]:
+    """A signer command that writes its pid to ``pid_file`` and never answers."""
+    code = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(60)"
+    return (sys.executable, "-c", code)
+
+
 def alive(pid_file: Path) -> bool:
     """Whether the child that wrote ``pid_file`` (waited for) still exists."""
     wait_until(lambda: pid_file.exists() and pid_file.read_text(), WAIT, "the child's pid file")
@@ -102,12 +108,7 @@ async def test_a_crashing_signer_says_how_it_ended(pki: TestPki) -> None:
 @pytest.mark.asyncio
 async def test_a_hanging_signer_is_killed_at_its_timeout(pki: TestPki, tmp_path: Path) -> None:
     pid_file = tmp_path / "pid"
-    hang = (
-        sys.executable,
-        "-c",
-        f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(60)",
-    )
-    slow = signer(pki, command=hang, timeout=1.0)
+    slow = signer(pki, command=hanging(pid_file), timeout=1.0)
     with pytest.raises(SignerUnavailable, match="did not answer within 1 s"):
         await slow.mint(int(time.time()))
     assert not await asyncio.to_thread(alive, pid_file)  # killed and reaped: nothing left
@@ -116,12 +117,7 @@ async def test_a_hanging_signer_is_killed_at_its_timeout(pki: TestPki, tmp_path:
 @pytest.mark.asyncio
 async def test_a_cancelled_mint_leaves_no_child(pki: TestPki, tmp_path: Path) -> None:
     pid_file = tmp_path / "pid"
-    hang = (
-        sys.executable,
-        "-c",
-        f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(60)",
-    )
-    task = asyncio.create_task(signer(pki, command=hang).mint(int(time.time())))
+    task = asyncio.create_task(signer(pki, command=hanging(pid_file)).mint(int(time.time())))
     assert await asyncio.to_thread(alive, pid_file)  # the child runs: now cancel its mint
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
