@@ -308,6 +308,16 @@ async def test_a_jwt_that_cannot_be_made_is_said_and_tried_again(pki: TestPki) -
 
 
 @pytest.mark.asyncio
+async def test_a_mint_that_fails_unexpectedly_is_said_not_raised(pki: TestPki) -> None:
+    async def buggy(iat: int) -> str:
+        raise RuntimeError("boom")
+
+    auth = TokenAuth(KEY_ID, TEAM_ID, mint=buggy, clock=Clock())
+    assert await auth.wait_authorization() is None  # the push fails locally, nothing raises
+    assert auth.problem == "cannot make a provider JWT: RuntimeError: boom"
+
+
+@pytest.mark.asyncio
 async def test_token_auth_repr_shows_no_secret(pki: TestPki) -> None:
     auth = token_auth(pki, Clock())
     header = await current(auth)

@@ -109,7 +109,6 @@ class TokenAuth:
         self._hold_until = 0.0
         self._task: asyncio.Task[None] | None = None
         self._retry_at = 0.0
-        self.minted = 0  # JWTs made since start
         self.problem: str | None = None
 
     def __repr__(self) -> str:
@@ -190,9 +189,10 @@ class TokenAuth:
     async def _mint(self, now: float) -> None:
         try:
             token = await self._make(int(now))
-        except ApnsError as exc:
+        except Exception as exc:  # whatever went wrong, the sender must not raise
             self._retry_at = self._clock() + self._retry_after
-            problem = f"cannot make a provider JWT: {exc}"
+            why = str(exc) if isinstance(exc, ApnsError) else f"{type(exc).__name__}: {exc}"
+            problem = f"cannot make a provider JWT: {why}"
             if self.problem != problem:  # said once; status keeps saying it
                 log.error("%s; trying again every %g s", problem, self._retry_after)
             self.problem = problem
@@ -200,7 +200,6 @@ class TokenAuth:
             self._header = f"bearer {token}"
             self._minted_at = now
             self._hold_until = 0.0
-            self.minted += 1
             if self.problem is not None:
                 log.info("provider JWT made again")
             self.problem = None

@@ -68,7 +68,8 @@ class Signer:
         key_id: str,
         team_id: str,
         *,
-        command: Sequence[str] = (sys.executable, "-m", "edgebell.apns.jwt_child"),
+        # -P: the child does not put its working directory first on its import path.
+        command: Sequence[str] = (sys.executable, "-P", "-m", "edgebell.apns.jwt_child"),
         timeout: float = SIGN_TIMEOUT,
         name: str = "",
     ) -> None:
