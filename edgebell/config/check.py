@@ -38,8 +38,8 @@ def check_config(
     the token list verification key and the Home Assistant files, and with ``receiver``
     (check-config, not ``run``: a receiver may be plugged in after the start) that the
     serial port exists. Every bad file is reported, as ConfigErrors when there are several.
-    With ``sign``, the APNs ``.p8`` key signs a JWT in the signer's child (about 60 ms, so
-    a reload, which must not stall the event loop, leaves it to the restart that uses it).
+    With ``sign``, the APNs ``.p8`` key signs a JWT in the signer's child (about 60 ms in
+    which the caller waits: a reload asks for it only when ``apns.auth`` changed).
     """
     checker = _Checker(config, now or datetime.datetime.now(datetime.UTC), sign=sign)
     errors: list[ConfigError] = []
