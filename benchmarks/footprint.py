@@ -143,12 +143,7 @@ def measure(tokens: int, idle: float, status_runs: int, import_runs: int) -> dic
     root = scratch("edgebell-footprint-")
     pki = bench_pki(root)
     with (
-        StandInThread(
-            certfile=pki.server.cert,
-            keyfile=pki.server.key,
-            topic=TOPIC,
-            auth_keys=pki.auth_key.auth_keys(),
-        ) as apns,
+        StandInThread.for_pki(pki, topic=TOPIC) as apns,
         FakeReceiver(root / "ttyRF", answer_pings=True) as receiver,
     ):
         files = write_config(

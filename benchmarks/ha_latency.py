@@ -18,13 +18,11 @@ import sys
 import time
 from typing import Any
 
-from common import machine, scratch, summary
+from common import bench_pki, machine, scratch, summary
 
 from testkit.fake_receiver import FakeReceiver
 from testkit.gateway import (
     FRONT_FRAME,
-    KEY_ID,
-    TEAM_ID,
     TOPIC,
     DaemonProcess,
     random_token,
@@ -33,7 +31,6 @@ from testkit.gateway import (
 )
 from testkit.ha_peer import HomeAssistantPeer
 from testkit.home_broker import GATEWAY_USER, HA_USER, HomeBroker
-from testkit.pki import make_test_pki
 from testkit.standin_thread import StandInThread
 
 _BETWEEN_RINGS = 0.005  # past the 1 ms debounce: the next frame is a new press
@@ -42,16 +39,11 @@ EVENTS = "edgebell/gw-test/front/event"
 
 def measure(rings: int) -> dict[str, Any]:
     root = scratch("edgebell-bench-ha-")
-    pki = make_test_pki(root / "pki", key_id=KEY_ID, team_id=TEAM_ID)
+    pki = bench_pki(root)
     to_event: list[float] = []
     to_apns: list[float] = []
     with (
-        StandInThread(
-            certfile=pki.server.cert,
-            keyfile=pki.server.key,
-            topic=TOPIC,
-            auth_keys=pki.auth_key.auth_keys(),
-        ) as apns,
+        StandInThread.for_pki(pki, topic=TOPIC) as apns,
         FakeReceiver(root / "ttyRF", answer_pings=True) as receiver,
         HomeBroker(root / "home-broker") as broker,
         HomeAssistantPeer(

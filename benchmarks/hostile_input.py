@@ -155,12 +155,7 @@ def main() -> None:
     args = parser.parse_args()
     root = scratch("edgebell-hostile-")
     pki = bench_pki(root)
-    with StandInThread(
-        certfile=pki.server.cert,
-        keyfile=pki.server.key,
-        topic=TOPIC,
-        auth_keys=pki.auth_key.auth_keys(),
-    ) as apns:
+    with StandInThread.for_pki(pki, topic=TOPIC) as apns:
         result = {
             "machine": machine(),
             "radio_noise": radio_noise(root, pki, apns, args.noise_mb),

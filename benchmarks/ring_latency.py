@@ -27,14 +27,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import machine, scratch, summary
+from common import bench_pki, machine, scratch, summary
 
 from testkit.apns_standin import ReceivedPush
 from testkit.fake_receiver import FakeReceiver
 from testkit.gateway import (
     FRONT_FRAME,
-    KEY_ID,
-    TEAM_ID,
     TOPIC,
     DaemonProcess,
     GatewayFiles,
@@ -42,7 +40,7 @@ from testkit.gateway import (
     token_auth,
     write_config,
 )
-from testkit.pki import TestPki, make_test_pki
+from testkit.pki import TestPki
 from testkit.standin_thread import StandInThread
 
 # Past the 1 ms debounce: the next frame is a new press.
@@ -108,19 +106,14 @@ def _ring(
 def measure(rings: int, tokens: int) -> dict[str, Any]:
     """``rings`` presses on one running daemon, each to ``tokens`` phones, warm connection."""
     root = scratch("edgebell-bench-")
-    pki = make_test_pki(root / "pki", key_id=KEY_ID, team_id=TEAM_ID)
+    pki = bench_pki(root)
     phones = [random_token() for _ in range(tokens)]
     first_ms: list[float] = []
     last_ms: list[float] = []
     answered_ms: list[float] = []
     answers = Answers()
     with (
-        StandInThread(
-            certfile=pki.server.cert,
-            keyfile=pki.server.key,
-            topic=TOPIC,
-            auth_keys=pki.auth_key.auth_keys(),
-        ) as apns,
+        StandInThread.for_pki(pki, topic=TOPIC) as apns,
         FakeReceiver(root / "ttyRF", answer_pings=True) as receiver,
     ):
         apns.set(on_response=answers)
@@ -149,15 +142,10 @@ def measure(rings: int, tokens: int) -> dict[str, Any]:
 def measure_first_ring(starts: int, *, cold_connection: bool) -> dict[str, Any]:
     """The first ring after start of ``starts`` fresh daemons (frame -> request at APNs)."""
     root = scratch("edgebell-bench-first-")
-    pki = make_test_pki(root / "pki", key_id=KEY_ID, team_id=TEAM_ID)
+    pki = bench_pki(root)
     samples: list[float] = []
     answers = Answers()
-    with StandInThread(
-        certfile=pki.server.cert,
-        keyfile=pki.server.key,
-        topic=TOPIC,
-        auth_keys=pki.auth_key.auth_keys(),
-    ) as apns:
+    with StandInThread.for_pki(pki, topic=TOPIC) as apns:
         apns.set(on_response=answers)
         for start in range(starts):
             run = root / f"start-{start}"

@@ -30,13 +30,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from common import bench_pki
+
 from edgebell.cloud import tools
 from testkit.cloud_peer import CloudPeer
 from testkit.fake_receiver import FakeReceiver
 from testkit.gateway import (
     GATEWAY_ID,
-    KEY_ID,
-    TEAM_ID,
     TOPIC,
     DaemonProcess,
     random_token,
@@ -44,7 +44,7 @@ from testkit.gateway import (
     write_config,
 )
 from testkit.mosquitto import CLOUD_USER, MosquittoBroker
-from testkit.pki import make_client_cert, make_test_pki
+from testkit.pki import make_client_cert
 from testkit.standin_thread import StandInThread
 
 P = f"edgebell/{GATEWAY_ID}"
@@ -71,19 +71,14 @@ def entry(token: str) -> dict[str, Any]:
 
 def measure(lists: int, tokens: int) -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix="edgebell-bench-"))
-    pki = make_test_pki(root / "pki", key_id=KEY_ID, team_id=TEAM_ID)
+    pki = bench_pki(root)
     cloud_identity = make_client_cert(pki.ca, root / "pki", CLOUD_USER)
     signing_key = tools.load_signing_key(pki.token_list_key.private_key)
     base = [entry(random_token()) for _ in range(tokens - 1)]
     to_push_ms: list[float] = []
     to_confirm_ms: list[float] = []
     with (
-        StandInThread(
-            certfile=pki.server.cert,
-            keyfile=pki.server.key,
-            topic=TOPIC,
-            auth_keys=pki.auth_key.auth_keys(),
-        ) as apns,
+        StandInThread.for_pki(pki, topic=TOPIC) as apns,
         FakeReceiver(root / "ttyRF", answer_pings=True) as receiver,
         MosquittoBroker(root / "broker", ca=pki.ca, server=pki.server) as broker,
         CloudPeer(

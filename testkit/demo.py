@@ -99,12 +99,7 @@ def _run(root: Path, total: int) -> int:
     say("      and an APNs auth key (.p8) the daemon signs its ES256 JWTs with.")
     pki = make_test_pki(root / "pki", key_id=KEY_ID, team_id=TEAM_ID)
 
-    with StandInThread(
-        certfile=pki.server.cert,
-        keyfile=pki.server.key,
-        topic=TOPIC,
-        auth_keys=pki.auth_key.auth_keys(),
-    ) as apns:
+    with StandInThread.for_pki(pki, topic=TOPIC) as apns:
         step(2, total, f"APNs stand-in listening on {apns.url} (TLS + HTTP/2).")
         say("      It answers as Apple documents and refuses a request whose JWT it cannot verify.")
         alice, bob = [random_token(), random_token()], [random_token()]

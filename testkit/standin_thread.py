@@ -6,9 +6,12 @@ import asyncio
 import threading
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 from testkit.apns_standin import ApnsStandIn, ReceivedPush
+
+if TYPE_CHECKING:
+    from testkit.pki import TestPki
 
 T = TypeVar("T")
 
@@ -33,6 +36,17 @@ class StandInThread:
         self._error: BaseException | None = None
         self._port = 0
         self._url = ""
+
+    @classmethod
+    def for_pki(cls, pki: TestPki, *, topic: str, **kwargs: Any) -> Self:
+        """A stand-in serving ``pki``'s server certificate and trusting its APNs auth key."""
+        return cls(
+            certfile=pki.server.cert,
+            keyfile=pki.server.key,
+            topic=topic,
+            auth_keys=pki.auth_key.auth_keys(),
+            **kwargs,
+        )
 
     def __enter__(self) -> Self:
         return self.start()

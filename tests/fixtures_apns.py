@@ -47,12 +47,7 @@ async def apns_standin(pki: TestPki) -> AsyncIterator[ApnsStandIn]:
 @pytest.fixture
 def apns_standin_thread(pki: TestPki) -> Iterator[StandInThread]:
     """The same stand-in, on its own loop in a background thread (for sync tests, subprocesses)."""
-    with StandInThread(
-        certfile=pki.server.cert,
-        keyfile=pki.server.key,
-        topic=TOPIC,
-        auth_keys=pki.auth_key.auth_keys(),
-    ) as standin:
+    with StandInThread.for_pki(pki, topic=TOPIC) as standin:
         yield standin
 
 

@@ -200,12 +200,7 @@ def system(tmp_path_factory: pytest.TempPathFactory, pki: TestPki) -> Iterator[S
         pytest.fail(f"cannot boot the unit under systemd on this machine: {exc}", pytrace=False)
     with (
         FakeReceiver(workdir / "ttyRF", answer_pings=True) as receiver,
-        StandInThread(
-            certfile=pki.server.cert,
-            keyfile=pki.server.key,
-            topic=TOPIC,
-            auth_keys=pki.auth_key.auth_keys(),
-        ) as standin,
+        StandInThread.for_pki(pki, topic=TOPIC) as standin,
     ):
         assert receiver.slave_name is not None
         binds = [
