@@ -1,8 +1,9 @@
 """What the MQTT links (the gateway's to the cloud and to the home broker, the registry's) share.
 
 Each keeps its own reconnect loop and session; these are the pieces that are the
-same to the letter: the socket and keepalive options of a connection, how the
-link's task is stopped, and how a lost connection is told in status and logs.
+same to the letter: the part of an aiomqtt client a link uses, the socket and
+keepalive options of a connection, how the link's task is stopped, and how a lost
+connection is told in status and logs.
 """
 
 from __future__ import annotations
@@ -11,11 +12,36 @@ import asyncio
 import math
 import socket
 import ssl
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from edgebell.errors import EdgebellError
+
+
+class MqttMessage(Protocol):
+    """A received message, as aiomqtt gives it."""
+
+    @property
+    def topic(self) -> Any: ...  # aiomqtt's Topic; str() is its name
+
+    @property
+    def payload(self) -> Any: ...
+
+    @property
+    def retain(self) -> bool: ...
+
+
+class MqttSession(Protocol):
+    """The part of ``aiomqtt.Client`` every link uses; each adds the ``subscribe`` it calls."""
+
+    async def publish(
+        self, topic: str, /, payload: bytes, qos: int = 0, retain: bool = False
+    ) -> None: ...
+
+    @property
+    def messages(self) -> AsyncIterator[MqttMessage]: ...
+
 
 # A ring is one small packet: send it now, not after the previous one's ACK (Nagle).
 NO_DELAY = ((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),)

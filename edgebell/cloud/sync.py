@@ -18,7 +18,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol, TypeVar
 
@@ -85,25 +85,10 @@ class GatewayHooks(commands.CommandTarget, Protocol):
         ...
 
 
-class MqttMessage(Protocol):
-    @property
-    def topic(self) -> Any: ...  # aiomqtt's Topic; str() is its name
-
-    @property
-    def payload(self) -> Any: ...
-
-
-class MqttClient(Protocol):
+class MqttClient(mqttlink.MqttSession, Protocol):
     """The part of ``aiomqtt.Client`` the sync uses (a test double implements this)."""
 
     async def subscribe(self, topic: list[tuple[str, int]], /) -> Any: ...
-
-    async def publish(
-        self, topic: str, /, payload: bytes, qos: int = 0, retain: bool = False
-    ) -> None: ...
-
-    @property
-    def messages(self) -> AsyncIterator[MqttMessage]: ...
 
 
 Connector = Callable[[], AbstractAsyncContextManager[MqttClient]]

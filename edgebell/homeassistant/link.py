@@ -18,7 +18,7 @@ import logging
 import os
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any, Protocol
@@ -43,28 +43,10 @@ PUBLISH_WINDOW = 10  # messages in flight at once (aiomqtt warns above 10 pendin
 STOP_FLUSH = 1.0  # on SIGTERM, how long queued rings may take to leave before "offline"
 
 
-class MqttMessage(Protocol):
-    @property
-    def topic(self) -> Any: ...
-
-    @property
-    def payload(self) -> Any: ...
-
-    @property
-    def retain(self) -> bool: ...
-
-
-class MqttClient(Protocol):
+class MqttClient(mqttlink.MqttSession, Protocol):
     """The part of ``aiomqtt.Client`` the link uses."""
 
     async def subscribe(self, topic: str, /, qos: int = 0) -> Any: ...
-
-    async def publish(
-        self, topic: str, /, payload: bytes, qos: int = 0, retain: bool = False
-    ) -> None: ...
-
-    @property
-    def messages(self) -> AsyncIterator[MqttMessage]: ...
 
 
 Connector = Callable[[], AbstractAsyncContextManager[MqttClient]]
