@@ -148,7 +148,19 @@ class ApnsClient:
     async def send(self, request: PushRequest) -> PushResult:
         """Push once; never raises for APNs answers or transport problems."""
         self._sent += 1
-        result = await self._authorised(request)
+        authorization = self._auth.authorization()
+        valid = is_device_token(request.token)
+        if authorization is None and self._needs_jwt and valid:
+            # None yet (start-up, or Apple called the last one expired): one is being made.
+            authorization = await self._auth.wait_authorization()
+        if not valid:
+            result = _local(request, Outcome.FAILED, "not a device token (16 to 200 hex digits)")
+        elif authorization is None and self._needs_jwt:
+            why = self._auth.problem or f"{self._auth.mode} auth"
+            result = _local(request, Outcome.AUTH_RENEW, f"no provider JWT to send ({why})")
+        else:
+            result = await self._attempt(request, authorization)
+            self._auth.on_result(result, authorization)
         if result.outcome is Outcome.DELIVERED:
             self._delivered += 1
         else:
@@ -178,21 +190,6 @@ class ApnsClient:
         )
 
     # -- one attempt ----------------------------------------------------------------------
-
-    async def _authorised(self, request: PushRequest) -> PushResult:
-        """One attempt with the credential of the moment, or a local result if there is none."""
-        if not is_device_token(request.token):
-            return _local(request, Outcome.FAILED, "not a device token (16 to 200 hex digits)")
-        authorization = self._auth.authorization()
-        if authorization is None and self._needs_jwt:
-            # None yet (start-up, or Apple called the last one expired): one is being made.
-            authorization = await self._auth.wait_authorization()
-            if authorization is None:
-                why = self._auth.problem or f"{self._auth.mode} auth"
-                return _local(request, Outcome.AUTH_RENEW, f"no provider JWT to send ({why})")
-        result = await self._attempt(request, authorization)
-        self._auth.on_result(result, authorization)
-        return result
 
     async def _attempt(self, request: PushRequest, authorization: str | None) -> PushResult:
         env = request.environment
