@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -30,4 +31,21 @@ def wait_until(
             told = what() if callable(what) else what
             raise AssertionError(f"not within {timeout:g} s: {told}")
         time.sleep(interval)
+    return value
+
+
+async def eventually(
+    predicate: Callable[[], T],
+    within: float,
+    what: str | Callable[[], str],
+    *,
+    interval: float = POLL,
+) -> T:
+    """:func:`wait_until` for a test on the event loop: the loop runs while it waits."""
+    deadline = time.monotonic() + within
+    while not (value := predicate()):
+        if time.monotonic() > deadline:
+            told = what() if callable(what) else what
+            raise AssertionError(f"not within {within:g} s: {told}")
+        await asyncio.sleep(interval)
     return value

@@ -34,6 +34,7 @@ from edgebell.tokens import TokenBook
 from testkit.apns_server import ApnsStandIn, server_ssl_context
 from testkit.pki import TestPki, make_server_cert
 from testkit.signing import in_process_token_auth
+from testkit.waiting import eventually as wait_eventually
 
 FIXTURES = (apns_standin, pki)  # pytest finds them by name in this module
 
@@ -130,12 +131,7 @@ def request_headers(standin: ApnsStandIn) -> list[tuple[bytes, bytes]]:
 
 async def eventually(predicate: Callable[[], bool], within: float = WAIT) -> None:
     """Wait until ``predicate()`` holds, failing after ``within`` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.005)
+    await wait_eventually(predicate, within, "condition not met in time", interval=0.005)
 
 
 # -- classification (pure) -------------------------------------------------------------------

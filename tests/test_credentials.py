@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 import uuid
 from collections.abc import Iterator
 
@@ -27,6 +26,7 @@ from testkit.gateway import DaemonProcess, GatewayFiles
 from testkit.pki import TestPki
 from testkit.signing import in_process_token_auth
 from testkit.standin_thread import StandInThread
+from testkit.waiting import eventually
 
 SANDBOX = Environment.SANDBOX
 WAIT = 5.0
@@ -88,10 +88,9 @@ def client_for(pki: TestPki, url: str, *, key_id: str | None = None) -> ApnsClie
 
 
 async def settle(check: CredentialsCheck) -> None:
-    deadline = time.monotonic() + WAIT
-    while check.state is CredentialState.UNPROVEN:
-        assert time.monotonic() < deadline, check.detail
-        await asyncio.sleep(0.01)
+    await eventually(
+        lambda: check.state is not CredentialState.UNPROVEN, WAIT, lambda: check.detail
+    )
 
 
 @pytest.mark.asyncio

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import secrets
 import time
@@ -24,6 +23,7 @@ from edgebell.tokens import AuthorisedToken, TokenBook
 from testkit.apns_server import ApnsStandIn
 from testkit.pki import TestPki
 from testkit.signing import in_process_token_auth
+from testkit.waiting import eventually
 
 FIXTURES = (apns_standin, pki)
 
@@ -87,11 +87,7 @@ class Harness:
 
 
 async def until(predicate: Callable[[], object], within: float = 10.0) -> None:
-    deadline = time.monotonic() + within
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.01)
+    await eventually(predicate, within, "condition not met in time")
 
 
 def make_client(pki: TestPki, url: str, request_timeout: float = 5.0) -> ApnsClient:

@@ -17,6 +17,7 @@ from edgebell.errors import ControlError
 from testkit.fake_receiver import FakeReceiver
 from testkit.gateway import DaemonProcess, GatewayFiles
 from testkit.standin_thread import StandInThread
+from testkit.waiting import eventually, wait_until
 
 DEADLINE = 10.0
 
@@ -27,23 +28,19 @@ def keys(listener: NotifyListener) -> list[str]:
 
 
 async def until(condition: Callable[[], bool], what: str, within: float = DEADLINE) -> None:
-    deadline = time.monotonic() + within
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
+    await eventually(condition, within, f"timed out waiting for {what}")
 
 
 def wait_answering(daemon: DaemonProcess) -> dict[str, object]:
     """The first status the daemon's control socket gives (it is up before READY)."""
-    deadline = time.monotonic() + DEADLINE
-    while True:
+
+    def answer() -> dict[str, object] | None:
         try:
             return daemon.status()
         except ControlError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.02)
+            return None  # not listening yet
+
+    return wait_until(answer, DEADLINE, "the control socket answering")
 
 
 @pytest.fixture
